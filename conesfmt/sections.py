@@ -1,0 +1,291 @@
+"""The byte layout of a container: preamble and sections (spec § 2-§ 7).
+
+::
+
+    preamble   magic "\\x89CONES\\r\\n\\x1a\\n" (10 bytes), major u8, minor u8
+    section    tag (4 ASCII letters), length u32, payload, crc32 u32
+               (the CRC covers tag, length and payload)
+    order      LAYR, FPRT?, META?, CNPT*, CEND; unknown optional sections
+               (lower-case first letter) anywhere before CEND; nothing after CEND
+
+:func:`encode` writes the canonical form; :func:`decode` accepts any valid
+file and raises :class:`FormatError` naming the section and field at fault.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from .codec import CODEC_BYTE_PLANES, encode_planes, iter_index_blocks, layer_width
+from .container import FORMAT_VERSION, Concept, Container, Layer, check_layer
+from .errors import FormatError
+from .fingerprint import Fingerprint
+from .limits import (
+    MAX_CONCEPTS,
+    MAX_DTYPE_BYTES,
+    MAX_KEY_BYTES,
+    MAX_LAYER_TABLE_BYTES,
+    MAX_LAYERS,
+    MAX_NAME_BYTES,
+    MAX_SAMPLES_PER_LAYER,
+    MAX_SECTION_BYTES,
+)
+from .wire import FieldReader, FieldWriter
+
+MAGIC = b"\x89CONES\r\n\x1a\n"
+PREAMBLE_SIZE = len(MAGIC) + 2
+TAG_LAYERS = b"LAYR"
+TAG_FINGERPRINT = b"FPRT"
+TAG_METADATA = b"META"
+TAG_CONCEPT = b"CNPT"
+TAG_END = b"CEND"
+#: Known sections in the order they must appear (spec § 2.3); CNPT may repeat.
+_ORDER = {TAG_LAYERS: 0, TAG_FINGERPRINT: 1, TAG_METADATA: 2, TAG_CONCEPT: 3, TAG_END: 4}
+_SECTION_HEADER = struct.Struct("<4sI")
+_CRC = struct.Struct("<I")
+
+
+def section(tag: bytes, payload: bytes | bytearray) -> bytes:
+    """Frame one section: tag, length, payload, CRC32 of all three (spec § 2.2)."""
+    header = _SECTION_HEADER.pack(tag, len(payload))
+    return header + bytes(payload) + _CRC.pack(zlib.crc32(payload, zlib.crc32(header)))
+
+
+def encode(container: Container) -> bytes:
+    """The canonical bytes of a container (spec § 10)."""
+    layer_keys = list(container.layers)
+    parts = [MAGIC, bytes(FORMAT_VERSION)]
+
+    table = FieldWriter()
+    table.u32(len(layer_keys))
+    for key, layer in container.layers.items():
+        table.str16(key)
+        table.str8(layer.dtype)
+        table.u8(len(layer.shape))
+        for dim in layer.shape:
+            table.u32(dim)
+    parts.append(section(TAG_LAYERS, table.buffer))
+
+    if container.fingerprint is not None:
+        fingerprint = FieldWriter()
+        fingerprint.u16(container.fingerprint.samples_per_layer if layer_keys else 0)
+        for key in layer_keys:
+            fingerprint.raw(container.fingerprint.samples[key].astype("<f4").tobytes())
+        parts.append(section(TAG_FINGERPRINT, fingerprint.buffer))
+
+    if container.metadata:
+        metadata = FieldWriter()
+        metadata.map(container.metadata)
+        parts.append(section(TAG_METADATA, metadata.buffer))
+
+    position = {key: number for number, key in enumerate(layer_keys)}
+    for name, concept in container.concepts.items():
+        record = FieldWriter()
+        record.str16(name)
+        record.map(concept.metadata)
+        record.u8(CODEC_BYTE_PLANES)
+        used = [key for key in layer_keys if key in concept.indices]
+        record.u32(len(used))
+        for key in used:
+            record.u32(position[key])
+            record.u64(len(concept.indices[key]))
+        frames = encode_planes(
+            [(container.layers[key].numel, concept.indices[key]) for key in used]
+        )
+        for frame in frames:
+            record.u32(len(frame))
+        for frame in frames:
+            record.raw(frame)
+        parts.append(section(TAG_CONCEPT, record.buffer))
+
+    parts.append(section(TAG_END, b""))
+    return b"".join(parts)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Container:
+    """Parse and validate every rule of the spec; see :meth:`Container.from_bytes`."""
+    data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    minor = _read_preamble(data)
+    # A file of a newer minor may append fields to known sections (spec § 2.4).
+    extension = minor > FORMAT_VERSION[1]
+    layers: dict[str, Layer] | None = None
+    fingerprint: Fingerprint | None = None
+    metadata: dict[str, str] = {}
+    concepts: dict[str, Concept] = {}
+    stage = -1
+    position = PREAMBLE_SIZE
+    number = 0
+    while True:
+        tag, payload, next_position = _read_section(data, position, number)
+        label = f"section #{number} ({tag.decode('ascii')} at byte {position})"
+        if tag not in _ORDER:
+            if tag[:1].isupper():
+                raise FormatError(f"{label}: unknown required section")
+            # An unknown optional section is skipped (spec § 2.3).
+        else:
+            order = _ORDER[tag]
+            if order < stage or (order == stage and tag != TAG_CONCEPT):
+                raise FormatError(f"{label}: out of order or repeated")
+            if layers is None and tag != TAG_LAYERS:
+                raise FormatError(f"{label}: the layer table (LAYR) must come first")
+            stage = order
+            reader = FieldReader(payload, label)
+            if tag == TAG_LAYERS:
+                layers = _read_layers(reader)
+            elif tag == TAG_FINGERPRINT:
+                fingerprint = _read_fingerprint(reader, layers)
+            elif tag == TAG_METADATA:
+                metadata = reader.map("container metadata")
+            elif tag == TAG_CONCEPT:
+                if len(concepts) == MAX_CONCEPTS:
+                    raise FormatError(f"{label}: more than {MAX_CONCEPTS} concepts")
+                name, concept = _read_concept(reader, layers)
+                if name in concepts:
+                    raise FormatError(f"{label}: duplicate concept name {name!r}")
+                concepts[name] = concept
+            reader.expect_end(allow_extension=extension)
+            if tag == TAG_END:
+                if next_position != len(data):
+                    raise FormatError(f"{len(data) - next_position} trailing bytes after CEND")
+                break
+        position, number = next_position, number + 1
+    assert layers is not None
+    return Container._trusted(layers, concepts, fingerprint, metadata, (FORMAT_VERSION[0], minor))
+
+
+def _read_preamble(data: bytes | memoryview) -> int:
+    head = bytes(data[: len(MAGIC)])
+    if head != MAGIC:
+        if head.startswith(MAGIC[:6]) or bytes(data[:6]) == MAGIC[:6]:
+            raise FormatError(
+                "bad magic: the bytes after '\\x89CONES' were altered, as by a text-mode "
+                "transfer that rewrote line endings"
+            )
+        raise FormatError(f"bad magic {head[:10]!r}: not a .cones container")
+    if len(data) < PREAMBLE_SIZE:
+        raise FormatError("file ends inside the preamble")
+    major, minor = data[len(MAGIC)], data[len(MAGIC) + 1]
+    if major != FORMAT_VERSION[0]:
+        raise FormatError(f"unsupported major version {major}.{minor} (this reader reads 1.x)")
+    return minor
+
+
+def _read_section(
+    data: bytes | memoryview, position: int, number: int
+) -> tuple[bytes, memoryview, int]:
+    where = f"section #{number} at byte {position}"
+    if position + _SECTION_HEADER.size > len(data):
+        raise FormatError(f"{where}: file is truncated (no CEND section)")
+    tag, length = _SECTION_HEADER.unpack_from(data, position)
+    if not (tag.isascii() and tag.isalpha()):
+        raise FormatError(f"{where}: invalid section tag {tag!r}")
+    # Size caps come from the header alone, before the payload is read (spec § 8).
+    cap = MAX_LAYER_TABLE_BYTES if tag == TAG_LAYERS else MAX_SECTION_BYTES
+    if length > cap:
+        raise FormatError(f"{where} ({tag.decode()}): length {length} exceeds {cap}")
+    end = position + _SECTION_HEADER.size + length
+    if end + _CRC.size > len(data):
+        raise FormatError(
+            f"{where} ({tag.decode()}): declares {length} bytes but the file is truncated"
+        )
+    view = memoryview(data)
+    (stored,) = _CRC.unpack_from(data, end)
+    if zlib.crc32(view[position:end]) != stored:
+        raise FormatError(f"{where} ({tag.decode()}): checksum mismatch")
+    return tag, view[position + _SECTION_HEADER.size : end], end + _CRC.size
+
+
+def _read_layers(reader: FieldReader) -> dict[str, Layer]:
+    count = reader.u32("layer count")
+    if count > MAX_LAYERS:
+        raise reader.fail(f"{count} layers, at most {MAX_LAYERS} allowed")
+    layers: dict[str, Layer] = {}
+    previous = b""
+    for number in range(count):
+        key = reader.str16(f"layer #{number} key", min_bytes=1, max_bytes=MAX_KEY_BYTES)
+        encoded = key.encode("utf-8")
+        if number and encoded <= previous:
+            kind = "duplicate" if encoded == previous else "out of order"
+            raise reader.fail(f"layer key {key!r} is {kind} (keys must strictly increase)")
+        previous = encoded
+        dtype = reader.str8(f"layer {key!r} dtype", max_bytes=MAX_DTYPE_BYTES)
+        ndim = reader.u8(f"layer {key!r} ndim")
+        if ndim == 0:
+            raise reader.fail(f"layer {key!r}: 0 dimensions")
+        shape = tuple(reader.u32(f"layer {key!r} dimension {d}") for d in range(min(ndim, 255)))
+        try:
+            check_layer(key, shape, dtype)
+        except FormatError as error:
+            raise reader.fail(str(error)) from None
+        layers[key] = Layer(shape, dtype)
+    return layers
+
+
+def _read_fingerprint(reader: FieldReader, layers: dict[str, Layer]) -> Fingerprint:
+    samples = reader.u16("samples per layer")
+    if layers and not 1 <= samples <= MAX_SAMPLES_PER_LAYER:
+        raise reader.fail(f"{samples} samples per layer, allowed 1..{MAX_SAMPLES_PER_LAYER}")
+    if not layers and samples != 0:
+        raise reader.fail("samples per layer must be 0 when the layer table is empty")
+    raw = reader.take(4 * samples * len(layers), "sample values")
+    values = np.frombuffer(raw, dtype="<f4").reshape(len(layers), samples)
+    if not np.isfinite(values).all():
+        raise reader.fail("sample values must be finite")
+    return Fingerprint({key: values[n].astype(np.float32) for n, key in enumerate(layers)})
+
+
+def _read_concept(reader: FieldReader, layers: dict[str, Layer]) -> tuple[str, Concept]:
+    name = reader.str16("concept name", min_bytes=1, max_bytes=MAX_NAME_BYTES)
+    reader.where = f"{reader.where}, concept {name!r}"
+    metadata = reader.map("metadata")
+    codec = reader.u8("codec")
+    if codec != CODEC_BYTE_PLANES:
+        raise reader.fail(f"unknown codec {codec} (version 1.0 knows {CODEC_BYTE_PLANES})")
+    keys = list(layers)
+    entry_count = reader.u32("entry count")
+    if entry_count > len(keys):
+        raise reader.fail(f"{entry_count} entries but the table has {len(keys)} layers")
+    entries: list[tuple[str, int]] = []
+    previous = -1
+    for number in range(entry_count):
+        layer_number = reader.u32(f"entry #{number} layer")
+        if layer_number >= len(keys):
+            raise reader.fail(f"entry #{number} names layer #{layer_number}, table has {len(keys)}")
+        if layer_number <= previous:
+            raise reader.fail(f"entry #{number}: layer numbers must strictly increase")
+        previous = layer_number
+        key = keys[layer_number]
+        count = reader.u64(f"layer {key!r} count")
+        numel = layers[key].numel
+        if not 1 <= count <= numel:
+            raise reader.fail(f"layer {key!r}: count {count}, allowed 1..numel={numel}")
+        entries.append((key, count))
+    widths = [layer_width(layers[key].numel) for key, _ in entries]
+    frame_lengths = [
+        reader.u32(f"plane {plane} frame length") for plane in range(max(widths, default=0))
+    ]
+    frames = [
+        bytes(reader.take(length, f"plane {plane} frame"))
+        for plane, length in enumerate(frame_lengths)
+    ]
+
+    sizes = [(layers[key].numel, count) for key, count in entries]
+    labels = [f"{reader.where}, layer {key!r}" for key, _ in entries]
+    for _ in iter_index_blocks(frames, sizes, reader.where, labels):
+        pass  # validation only; indices are materialised on first use
+
+    def load() -> dict[str, np.ndarray]:
+        arrays = {key: np.empty(count, dtype=np.int64) for key, count in entries}
+        filled = dict.fromkeys(arrays, 0)
+        for number, block in iter_index_blocks(frames, sizes, reader.where, labels):
+            key = entries[number][0]
+            arrays[key][filled[key] : filled[key] + block.size] = block
+            filled[key] += block.size
+        for array in arrays.values():
+            array.flags.writeable = False
+        return arrays
+
+    return name, Concept._lazy(metadata, dict(entries), load)
