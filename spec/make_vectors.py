@@ -1,0 +1,710 @@
+"""Regenerate the test vectors of spec § 11 (deterministic).
+
+    python spec/make_vectors.py            # writes spec/vectors/
+    python spec/make_vectors.py --check    # exit 1 if the files on disk differ
+
+Valid vectors are written by the library (canonical ones) or by hand (the
+non-canonical ones a reader must still accept); each gets its decoded form
+(spec § 12) as JSON. Invalid vectors are assembled field by field, so that
+each breaks exactly one rule of spec § 9 and everything else (CRCs included)
+is right; the manifest records the rule, a reason, and a piece of the error
+message the reference reader gives, so a vector rejected for the wrong reason
+fails the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+import conesfmt  # noqa: E402
+from conesfmt.jsonform import to_json  # noqa: E402
+from conesfmt.sections import MAGIC, section  # noqa: E402
+from conesfmt.wire import FieldWriter  # noqa: E402
+
+VECTORS = ROOT / "vectors"
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def preamble(major: int = 1, minor: int = 0) -> bytes:
+    return MAGIC + bytes([major, minor])
+
+
+def layer_table(rows: list[tuple[str, str, tuple[int, ...]]], count: int | None = None) -> bytes:
+    """LAYR payload from (key, dtype, shape) rows, in the given order (not sorted for you)."""
+    w = FieldWriter()
+    w.u32(len(rows) if count is None else count)
+    for key, dtype, shape in rows:
+        w.str16(key)
+        w.str8(dtype)
+        w.u8(len(shape))
+        for d in shape:
+            w.u32(d)
+    return bytes(w.buffer)
+
+
+def raw_map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """A map with the given raw key/value bytes in the given order (may be invalid)."""
+    w = FieldWriter()
+    w.u16(len(pairs))
+    for key, value in pairs:
+        w.u16(len(key))
+        w.raw(key)
+        w.u16(len(value))
+        w.raw(value)
+    return bytes(w.buffer)
+
+
+def zstd(data: bytes, level: int = 19, checksum: bool = False, content_size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(
+        level=level, write_content_size=content_size, write_checksum=checksum, write_dict_id=False
+    ).compress(data)
+
+
+def planes_of(deltas: list[int], width: int) -> list[bytes]:
+    values = np.array(deltas, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return [values[:, j].tobytes() for j in range(width)]
+
+
+def concept_payload(
+    name: bytes,
+    entries: list[tuple[int, int]],
+    frames: list[bytes],
+    metadata: bytes = b"\x00\x00",
+    codec: int = 1,
+    frame_lengths: list[int] | None = None,
+    entry_count: int | None = None,
+) -> bytes:
+    w = FieldWriter()
+    w.u16(len(name))
+    w.raw(name)
+    w.raw(metadata)
+    w.u8(codec)
+    w.u32(len(entries) if entry_count is None else entry_count)
+    for layer, count in entries:
+        w.u32(layer)
+        w.u64(count)
+    for length in frame_lengths if frame_lengths is not None else [len(f) for f in frames]:
+        w.u32(length)
+    for frame in frames:
+        w.raw(frame)
+    return bytes(w.buffer)
+
+
+END = section(b"CEND", b"")
+# A small valid base: one 2-D layer of 20 entries (width 1), one concept.
+BASE_LAYERS = [("blk.attn2.to_k.weight", "F32", (4, 5))]
+BASE_LAYR = section(b"LAYR", layer_table(BASE_LAYERS))
+
+
+def base_concept(deltas: list[int] = (2, 3, 10), name: bytes = b"cat", **kw) -> bytes:  # noqa: B006
+    frames = kw.pop("frames", None) or [zstd(p) for p in planes_of(list(deltas), 1)]
+    return section(b"CNPT", concept_payload(name, [(0, len(deltas))], frames, **kw))
+
+
+def assemble(*parts: bytes, major: int = 1, minor: int = 0) -> bytes:
+    return preamble(major, minor) + b"".join(parts)
+
+
+def with_bad_crc(sec: bytes) -> bytes:
+    return sec[:-4] + struct.pack("<I", (struct.unpack("<I", sec[-4:])[0] ^ 1))
+
+
+# --------------------------------------------------------------------------- valid vectors
+
+
+def valid_vectors() -> dict[str, tuple[bytes, bool]]:
+    """name -> (file bytes, canonical?)."""
+    rng = np.random.default_rng(20261123)
+    out: dict[str, tuple[bytes, bool]] = {}
+
+    out["empty"] = (conesfmt.Container({}).to_bytes(), True)
+
+    layers = {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": conesfmt.Layer(
+            (32, 24), "F32"
+        ),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight": conesfmt.Layer(
+            (32, 24), "F32"
+        ),
+        "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": conesfmt.Layer(
+            (64, 24), "F32"
+        ),
+    }
+    keys = list(layers)
+    fingerprint = conesfmt.Fingerprint(
+        {k: (rng.standard_normal(8) * 0.05).astype(np.float32) for k in layers}
+    )
+    cat = conesfmt.Concept(
+        {keys[0]: [0, 5, 6, 7, 500], keys[2]: [1535]},
+        {"prompt": "photo of a sks cat", "method": "xi-descent", "training": '{"steps": 1000}'},
+        trigger="sks",
+        class_word="cat",
+    )
+    out["one-concept"] = (
+        conesfmt.Container(
+            layers, {"cat": cat}, fingerprint, {"created_by": "cones 0.1.0"}
+        ).to_bytes(),
+        True,
+    )
+
+    shapes = {
+        "a.scalar_row": conesfmt.Layer((1,), "F16"),
+        "b.vector": conesfmt.Layer((300,), "BF16"),  # width 2, every entry shut below
+        "c.conv": conesfmt.Layer((4, 3, 3, 3), ""),
+        "d.cube": conesfmt.Layer((70, 40, 30), "F32"),  # 84,000 entries: width 3
+        "e.tiny": conesfmt.Layer((2, 2), "F64"),
+    }
+    concepts = {
+        "chat noir 🐈": conesfmt.Concept(
+            {
+                "a.scalar_row": [0],
+                "b.vector": np.arange(300),
+                "d.cube": rng.choice(84_000, 200, replace=False),
+            },
+            {"trigger": "zwx", "class_word": "chat", "note": "ünïcödé ✓"},
+        ),
+        "nothing": conesfmt.Concept({}, {"method": "merge"}),
+        "corners": {"c.conv": [0, 107], "e.tiny": np.array([[True, False], [False, True]])},
+    }
+    out["multi-concept"] = (conesfmt.Container(shapes, concepts).to_bytes(), True)
+
+    # Non-canonical files a reader must accept (spec § 10): another zstd level
+    # with content checksums, an unknown optional section, and a newer minor
+    # with fields appended to known sections.
+    frames = [zstd(p, level=1, checksum=True) for p in planes_of([2, 3, 10], 1)]
+    out["zstd-level1-checksum"] = (
+        assemble(BASE_LAYR, section(b"CNPT", concept_payload(b"cat", [(0, 3)], frames)), END),
+        False,
+    )
+    out["unknown-optional-section"] = (
+        assemble(BASE_LAYR, section(b"note", b"any bytes \x00\xff"), base_concept(), END),
+        False,
+    )
+    out["newer-minor-extensions"] = (
+        assemble(
+            section(b"LAYR", layer_table(BASE_LAYERS) + b"future"),
+            section(b"tile", b"\x01\x02"),
+            section(
+                b"CNPT",
+                concept_payload(b"cat", [(0, 3)], [zstd(planes_of([2, 3, 10], 1)[0])]) + b"\x07",
+            ),
+            section(b"CEND", b"ext"),
+            minor=3,
+        ),
+        False,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- invalid vectors
+
+
+def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
+    """name -> (file bytes, rule of spec § 9, reason, piece of the reference error)."""
+    good = assemble(BASE_LAYR, base_concept(), END)
+    v: dict[str, tuple[bytes, int, str, str]] = {}
+
+    def add(name: str, data: bytes, rule: int, reason: str, error: str) -> None:
+        v[name] = (data, rule, reason, error)
+
+    add("bad-magic", b"PK\x03\x04" + good[4:], 1, "starts with a ZIP signature", "bad magic")
+    add(
+        "magic-line-endings",
+        good.replace(b"\r\n", b"\n", 1),
+        1,
+        "\\r\\n in the magic became \\n, as a text-mode transfer does",
+        "text-mode",
+    )
+    add("empty-file", b"", 1, "zero bytes", "bad magic")
+    add("preamble-only-magic", MAGIC, 1, "ends after the magic, without a version", "preamble")
+    add(
+        "major-2",
+        assemble(BASE_LAYR, END, major=2),
+        2,
+        "major version 2 is unknown",
+        "major version",
+    )
+    add(
+        "major-0",
+        assemble(BASE_LAYR, END, major=0),
+        2,
+        "major version 0 is unknown",
+        "major version",
+    )
+    add("truncated-in-section", good[:-20], 3, "cut inside the last sections", "truncated")
+    add(
+        "truncated-at-boundary",
+        assemble(BASE_LAYR, base_concept()),
+        3,
+        "no CEND: cut between sections",
+        "no CEND",
+    )
+    add(
+        "length-overflows-file",
+        good[:12] + b"LAYR" + struct.pack("<I", 0x7FFF0000) + good[20:],
+        3,
+        "LAYR declares 2 GiB of payload in a small file",
+        "truncated",
+    )
+    add(
+        "section-length-over-limit",
+        good[:12] + b"LAYR" + struct.pack("<I", 0xFFFFFFF0) + good[20:],
+        3,
+        "a section length above 2^31",
+        "exceeds",
+    )
+    add(
+        "bad-tag",
+        assemble(BASE_LAYR, section(b"CN1T", b""), END),
+        4,
+        "tag has a digit",
+        "invalid section tag",
+    )
+    add(
+        "crc-mismatch",
+        assemble(BASE_LAYR, with_bad_crc(base_concept()), END),
+        5,
+        "one CRC bit flipped",
+        "checksum",
+    )
+    add(
+        "payload-bit-flip",
+        good[:40] + bytes([good[40] ^ 0x10]) + good[41:],
+        5,
+        "a bit of the layer table flipped, CRC unchanged",
+        "checksum",
+    )
+    add(
+        "unknown-required-section",
+        assemble(BASE_LAYR, section(b"ZZZZ", b""), base_concept(), END),
+        6,
+        "required section ZZZZ is not defined in 1.0",
+        "unknown required section",
+    )
+    add(
+        "unknown-required-section-newer-minor",
+        assemble(BASE_LAYR, section(b"Tile", b""), END, minor=7),
+        6,
+        "even in a newer minor, an unknown required section is rejected",
+        "unknown required section",
+    )
+    meta = section(b"META", raw_map([(b"k", b"v")]))
+    fprt = section(b"FPRT", struct.pack("<H", 1) + struct.pack("<f", 0.5))
+    add(
+        "meta-before-fingerprint",
+        assemble(BASE_LAYR, meta, fprt, END),
+        7,
+        "FPRT after META",
+        "out of order",
+    )
+    add(
+        "layer-table-twice",
+        assemble(BASE_LAYR, BASE_LAYR, END),
+        7,
+        "two LAYR sections",
+        "out of order",
+    )
+    add(
+        "concept-before-layers",
+        assemble(base_concept(), BASE_LAYR, END),
+        7,
+        "CNPT before LAYR",
+        "must come first",
+    )
+    add("no-layer-table", assemble(END), 7, "CEND with no LAYR", "must come first")
+    add(
+        "concept-after-end",
+        assemble(BASE_LAYR, END, base_concept()),
+        8,
+        "a section after CEND",
+        "trailing bytes",
+    )
+    add("trailing-byte", good + b"\x00", 8, "one zero byte after CEND", "trailing bytes")
+    add(
+        "payload-trailing-bytes",
+        assemble(section(b"LAYR", layer_table(BASE_LAYERS) + b"xx"), END),
+        9,
+        "two extra bytes after the layer table's fields in a 1.0 file",
+        "unexpected bytes",
+    )
+    add(
+        "end-not-empty",
+        assemble(BASE_LAYR, section(b"CEND", b"x")),
+        9,
+        "CEND carries a byte",
+        "unexpected bytes",
+    )
+    add(
+        "string-past-payload",
+        assemble(section(b"LAYR", struct.pack("<IH", 1, 500) + b"short"), END),
+        10,
+        "a key declares 500 bytes, 5 remain",
+        "only 5 remain",
+    )
+    add(
+        "name-not-utf8",
+        assemble(BASE_LAYR, base_concept(name=b"c\xffat"), END),
+        11,
+        "the concept name has an 0xFF byte",
+        "not valid UTF-8",
+    )
+    add(
+        "name-surrogate",
+        assemble(BASE_LAYR, base_concept(name=b"\xed\xa0\x80"), END),
+        11,
+        "the concept name encodes a UTF-16 surrogate",
+        "not valid UTF-8",
+    )
+    add(
+        "empty-name",
+        assemble(BASE_LAYR, base_concept(name=b""), END),
+        11,
+        "concept name of 0 bytes",
+        "allowed 1..256",
+    )
+    add(
+        "name-too-long",
+        assemble(BASE_LAYR, base_concept(name=b"n" * 257), END),
+        11,
+        "concept name of 257 bytes",
+        "allowed 1..256",
+    )
+    add(
+        "map-keys-unsorted",
+        assemble(BASE_LAYR, section(b"META", raw_map([(b"b", b"1"), (b"a", b"2")])), END),
+        12,
+        "metadata keys b, a",
+        "out of order",
+    )
+    add(
+        "map-duplicate-key",
+        assemble(BASE_LAYR, section(b"META", raw_map([(b"a", b"1"), (b"a", b"2")])), END),
+        12,
+        "metadata key a twice",
+        "duplicate",
+    )
+    add(
+        "map-too-many-entries",
+        assemble(
+            BASE_LAYR, section(b"META", raw_map([(b"k%04d" % i, b"") for i in range(1025)])), END
+        ),
+        12,
+        "1,025 metadata entries",
+        "at most 1024",
+    )
+    two = [("b.weight", "F32", (2, 2)), ("a.weight", "F32", (2, 2))]
+    add(
+        "layers-unsorted",
+        assemble(section(b"LAYR", layer_table(two)), END),
+        13,
+        "layer keys b, a",
+        "out of order",
+    )
+    dup = [("a.weight", "F32", (2, 2)), ("a.weight", "F32", (2, 2))]
+    add(
+        "layers-duplicate",
+        assemble(section(b"LAYR", layer_table(dup)), END),
+        13,
+        "layer key twice",
+        "duplicate",
+    )
+    add(
+        "layer-ndim-0",
+        assemble(section(b"LAYR", layer_table([("a", "F32", ())])), END),
+        13,
+        "a layer with no dimensions",
+        "0 dimensions",
+    )
+    add(
+        "layer-dim-0",
+        assemble(section(b"LAYR", layer_table([("a", "F32", (3, 0))])), END),
+        13,
+        "a dimension of 0",
+        "dimensions must be",
+    )
+    add(
+        "layer-numel-over-limit",
+        assemble(section(b"LAYR", layer_table([("a", "F32", (1 << 21, 1 << 20))])), END),
+        13,
+        "2^41 entries in one layer",
+        "at most 1099511627776",
+    )
+    add(
+        "layer-bad-dtype",
+        assemble(section(b"LAYR", layer_table([("a", "F-32", (3,))])), END),
+        13,
+        "dtype with a '-'",
+        "dtype",
+    )
+    add(
+        "layer-count-over-limit",
+        assemble(section(b"LAYR", layer_table([], count=65_537)), END),
+        13,
+        "65,537 layers declared (checked before reading them)",
+        "at most 65536",
+    )
+    add(
+        "layer-table-oversized",
+        preamble() + b"LAYR" + struct.pack("<I", (16 << 20) + 1) + struct.pack("<I", 0),
+        13,
+        "a layer table declared at 16 MiB + 1 byte (rejected from its header)",
+        "exceeds",
+    )
+    add(
+        "fingerprint-zero-samples",
+        assemble(BASE_LAYR, section(b"FPRT", struct.pack("<H", 0)), END),
+        14,
+        "0 samples per layer with a layer in the table",
+        "samples per layer",
+    )
+    add(
+        "fingerprint-short",
+        assemble(BASE_LAYR, section(b"FPRT", struct.pack("<H", 2) + struct.pack("<f", 0.5)), END),
+        14,
+        "2 samples declared, 1 value present",
+        "sample values",
+    )
+    add(
+        "fingerprint-nan",
+        assemble(
+            BASE_LAYR, section(b"FPRT", struct.pack("<H", 1) + struct.pack("<f", float("nan"))), END
+        ),
+        14,
+        "a NaN sample value",
+        "finite",
+    )
+    add(
+        "duplicate-concept",
+        assemble(BASE_LAYR, base_concept(), base_concept(), END),
+        15,
+        "two concepts named cat",
+        "duplicate concept name",
+    )
+    add(
+        "unknown-codec",
+        assemble(BASE_LAYR, base_concept(codec=2), END),
+        16,
+        "codec 2",
+        "unknown codec",
+    )
+    add(
+        "entry-count-over-layers",
+        assemble(BASE_LAYR, base_concept(entry_count=2), END),
+        17,
+        "2 entries with one layer in the table",
+        "entries but the table has",
+    )
+    add(
+        "entry-layer-out-of-range",
+        assemble(
+            BASE_LAYR, section(b"CNPT", concept_payload(b"cat", [(1, 1)], [zstd(b"\x02")])), END
+        ),
+        17,
+        "entry names layer #1 of a 1-layer table",
+        "table has 1",
+    )
+    two_sorted = [("a.weight", "F32", (2, 2)), ("b.weight", "F32", (2, 2))]
+    add(
+        "entry-layers-not-increasing",
+        assemble(
+            section(b"LAYR", layer_table(two_sorted)),
+            section(b"CNPT", concept_payload(b"cat", [(1, 1), (0, 1)], [zstd(b"\x01\x01")])),
+            END,
+        ),
+        17,
+        "entries for layer 1 then layer 0",
+        "strictly increase",
+    )
+    add(
+        "entry-count-zero",
+        assemble(BASE_LAYR, section(b"CNPT", concept_payload(b"cat", [(0, 0)], [zstd(b"")])), END),
+        17,
+        "an entry with count 0",
+        "count 0",
+    )
+    add(
+        "entry-count-over-numel",
+        assemble(
+            BASE_LAYR,
+            section(b"CNPT", concept_payload(b"cat", [(0, 21)], [zstd(bytes([0] + [1] * 20))])),
+            END,
+        ),
+        17,
+        "21 shut entries in a 20-entry layer",
+        "count 21",
+    )
+    add(
+        "frame-not-zstd",
+        assemble(BASE_LAYR, base_concept(frames=[b"\x00\x01\x02\x03\x04\x05\x06\x07\x08"]), END),
+        18,
+        "the frame is not zstd",
+        "not a zstd frame",
+    )
+    add(
+        "frame-size-mismatch",
+        assemble(BASE_LAYR, base_concept(frames=[zstd(b"\x02\x03\x0a\x01")]), END),
+        18,
+        "frame decompresses to 4 bytes, the entry says 3",
+        "declares 4 bytes",
+    )
+    add(
+        "frame-no-content-size",
+        assemble(BASE_LAYR, base_concept(frames=[zstd(b"\x02\x03\x0a", content_size=False)]), END),
+        18,
+        "the frame does not declare its content size",
+        "content size",
+    )
+    frame = zstd(b"\x02\x03\x0a")
+    add(
+        "frame-trailing-bytes",
+        assemble(BASE_LAYR, base_concept(frames=[frame + b"\x00\x00"]), END),
+        18,
+        "two bytes after the zstd frame, inside its stated length",
+        "spans",
+    )
+    add(
+        "frame-two-frames",
+        assemble(BASE_LAYR, base_concept(frames=[frame + frame]), END),
+        18,
+        "a second zstd frame after the first",
+        "spans",
+    )
+    corrupt = bytearray(zstd(bytes(range(200)) * 4))
+    corrupt[-6] ^= 0xFF
+    add(
+        "frame-corrupt",
+        assemble(
+            section(b"LAYR", layer_table([("a", "F32", (100_000,))])),
+            section(
+                b"CNPT",
+                concept_payload(
+                    b"cat", [(0, 800)], [bytes(corrupt), zstd(bytes(800)), zstd(bytes(800))]
+                ),
+            ),
+            END,
+        ),
+        18,
+        "a corrupted byte inside the compressed plane",
+        "corrupt",
+    )
+    add(
+        "frame-window-too-large",
+        assemble(
+            BASE_LAYR, base_concept(frames=[frame_with_window(b"\x02\x03\x0a", window_log=27)]), END
+        ),
+        18,
+        "the frame header asks for a 128 MiB window",
+        "window",
+    )
+    add(
+        "frame-length-past-payload",
+        assemble(BASE_LAYR, base_concept(frame_lengths=[len(frame) + 5], frames=[frame]), END),
+        10,
+        "the frame length runs past the payload",
+        "remain",
+    )
+    add(
+        "zero-delta",
+        assemble(BASE_LAYR, base_concept(deltas=[2, 3, 0]), END),
+        19,
+        "deltas 2, 3, 0: index 5 twice",
+        "not strictly increasing",
+    )
+    add(
+        "index-out-of-range",
+        assemble(BASE_LAYR, base_concept(deltas=[2, 3, 15]), END),
+        19,
+        "indices 2, 5, 20 in a 20-entry layer",
+        ">= numel 20",
+    )
+    return v
+
+
+def frame_with_window(content: bytes, window_log: int) -> bytes:
+    """A zstd frame holding ``content`` in one raw block, whose header asks for ``2**window_log``.
+
+    RFC 8878 § 3.1.1.1: descriptor 0x80 = 4-byte content size, not single
+    segment, so a Window_Descriptor byte (exponent ``window_log - 10``) follows.
+    """
+    header = (
+        b"\x28\xb5\x2f\xfd"
+        + bytes([0x80, (window_log - 10) << 3])
+        + struct.pack("<I", len(content))
+    )
+    last_raw_block = struct.pack("<I", (len(content) << 3) | 1)[:3]
+    return header + last_raw_block + content
+
+
+# --------------------------------------------------------------------------- output
+
+
+def build() -> dict[Path, bytes]:
+    files: dict[Path, bytes] = {}
+    valid_manifest = {}
+    for name, (data, canonical) in valid_vectors().items():
+        decoded = conesfmt.Container.from_bytes(data)  # the library must accept its own vectors
+        files[VECTORS / "valid" / f"{name}.cones"] = data
+        files[VECTORS / "valid" / f"{name}.json"] = (
+            json.dumps(to_json(decoded), indent=1, ensure_ascii=False) + "\n"
+        ).encode("utf-8")
+        valid_manifest[name] = {"canonical": canonical}
+    invalid_manifest = {}
+    for name, (data, rule, reason, error) in invalid_vectors().items():
+        files[VECTORS / "invalid" / f"{name}.cones"] = data
+        invalid_manifest[name] = {"rule": rule, "reason": reason, "error_contains": error}
+    meta = {"zstd_version": zstandard.ZSTD_VERSION}
+    files[VECTORS / "valid" / "manifest.json"] = _json(
+        {"generated_with": meta, "vectors": valid_manifest}
+    )
+    files[VECTORS / "invalid" / "manifest.json"] = _json(
+        {"generated_with": meta, "vectors": invalid_manifest}
+    )
+    return files
+
+
+def _json(document: object) -> bytes:
+    return (json.dumps(document, indent=1, ensure_ascii=False, sort_keys=True) + "\n").encode(
+        "utf-8"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the files on disk, write nothing"
+    )
+    args = parser.parse_args()
+    files = build()
+    if args.check:
+        stale = [
+            str(p.relative_to(ROOT))
+            for p, data in files.items()
+            if not p.exists() or p.read_bytes() != data
+        ]
+        extra = {p for p in VECTORS.rglob("*") if p.is_file() and p not in files}
+        for path in stale:
+            print(f"differs: {path}")
+        for path in sorted(extra):
+            print(f"not generated: {path.relative_to(ROOT)}")
+        return 1 if stale or extra else 0
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    print(f"wrote {len(files)} files under {VECTORS.relative_to(ROOT.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
