@@ -14,7 +14,7 @@ See ``docs/conformance.md``.
 """
 
 from .mutations import mutations
-from .properties import CommandReader, LibraryReader, run
+from .properties import CommandReader, ConformanceFailure, LibraryReader, run
 from .strategies import containers
 
-__all__ = ["CommandReader", "LibraryReader", "containers", "mutations", "run"]
+__all__ = ["CommandReader", "ConformanceFailure", "LibraryReader", "containers", "mutations", "run"]

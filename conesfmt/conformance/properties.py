@@ -21,7 +21,7 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from ..container import Container
@@ -35,6 +35,14 @@ from .strategies import containers
 MEMORY_ALLOWANCE = 8 << 20
 #: Seconds one decode may take before it counts as a hang.
 DECODE_SECONDS = 5.0
+
+
+class ConformanceFailure(AssertionError):
+    """A reader disagrees with the reference; ``data`` is the input that shows it."""
+
+    def __init__(self, message: str, data: bytes):
+        super().__init__(message)
+        self.data = data
 
 
 class Reader(Protocol):
@@ -97,9 +105,12 @@ def check_canonical(container: Container) -> None:
 
 def check_valid(reader: Reader, container: Container) -> None:
     """A reader decodes a valid file to exactly its content."""
-    decoded = reader.decode(container.to_bytes())
-    assert decoded is not None, "reader rejected a valid container"
-    assert _normalise(decoded) == _normalise(to_json(container))
+    data = container.to_bytes()
+    decoded = reader.decode(data)
+    if decoded is None:
+        raise ConformanceFailure("reader rejected a valid container", data)
+    if _normalise(decoded) != _normalise(to_json(container)):
+        raise ConformanceFailure("reader decoded a valid container to different content", data)
 
 
 def check_mutation(reader: Reader, data: bytes) -> bool:
@@ -115,11 +126,14 @@ def check_mutation(reader: Reader, data: bytes) -> bool:
     started = time.monotonic()
     got = reader.decode(data)
     assert time.monotonic() - started < max(DECODE_SECONDS, getattr(reader, "timeout", 0))
-    if expected is None:
-        assert got is None, "reader accepted a file the reference reader rejects"
-    else:
-        assert got is not None, "reader rejected a file the reference reader accepts"
-        assert _normalise(got) == _normalise(expected)
+    if expected is None and got is not None:
+        raise ConformanceFailure("reader accepted a file the reference reader rejects", data)
+    if expected is not None and got is None:
+        raise ConformanceFailure("reader rejected a file the reference reader accepts", data)
+    if expected is not None and _normalise(got) != _normalise(expected):
+        raise ConformanceFailure(
+            "reader decoded a file to different content than the reference", data
+        )
     return expected is not None
 
 
@@ -159,15 +173,27 @@ class Summary:
 
 
 def run(
-    reader: Reader, examples: int = 200, mutations_per_example: int = 10, seed: int | None = None
+    reader: Reader,
+    examples: int = 200,
+    mutations_per_example: int = 10,
+    seed: int | None = None,
+    shrink: bool | None = None,
 ) -> Summary:
     """Run every property against ``reader`` with hypothesis; raises on the first failure.
+
+    ``shrink`` (default: only for this library) lets hypothesis minimise a
+    failing example; for an external reader each step costs a process start.
 
     >>> run(CommandReader("cones dump {}"), examples=20)
     Summary(valid_containers=20, mutated_inputs=200, ...)
     """
     summary = Summary()
-    options = dict(max_examples=examples, deadline=None, database=None, derandomize=seed is None)
+    if shrink is None:
+        shrink = isinstance(reader, LibraryReader)
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+    options = dict(
+        max_examples=examples, deadline=None, database=None, derandomize=seed is None, phases=phases
+    )
 
     @settings(**options)
     @given(containers(), st.data())

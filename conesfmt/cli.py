@@ -1,0 +1,196 @@
+"""The ``cones`` command: subcommands of every package, and the format's own.
+
+Each package keeps its subcommands in its own ``cli`` module (``conesfmt.cli``,
+``conesrt.cli``, ``trainer.cli``), which imports nothing heavy at import
+time: ``cones inspect`` never loads torch. User errors (a bad file, a wrong
+option) print one line and exit with status 1; a traceback means a bug.
+
+    cones inspect cat.cones
+    cones inspect cat.cones --json
+    cones dump cat.cones                      # the decoded form of spec § 12
+    cones conformance --reader "./my-reader {}"
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError
+from .files import load
+from .jsonform import to_json
+from .summary import summarize
+
+#: Modules that contribute subcommands, in the order of ``cones --help``.
+COMMAND_MODULES = ("conesfmt.cli",)
+
+
+class CommandError(Exception):
+    """A user error in a subcommand: printed as one line, exit status 1."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``inspect``, ``dump`` and ``conformance``."""
+    inspect = subparsers.add_parser(
+        "inspect",
+        help="show what a container holds: layers, concepts, sparsity, size against the floor",
+        description="Show a container's version, fingerprint, layer table, each concept's "
+        "metadata and entries shut per layer, sparsity, and bytes on disk against the "
+        "information-theoretic floor log2 C(N,k)/8.",
+    )
+    inspect.add_argument("file", type=Path, help="a .cones file")
+    inspect.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    inspect.set_defaults(handler=_inspect)
+
+    dump = subparsers.add_parser(
+        "dump",
+        help="print a container's full decoded content as JSON (spec § 12)",
+        description="Print the decoded form of spec § 12 (every index). Exit status 1 "
+        "if the file is not a valid container: this is the reference reader of the "
+        "conformance kit.",
+    )
+    dump.add_argument("file", type=Path)
+    dump.set_defaults(handler=_dump)
+
+    conformance = subparsers.add_parser(
+        "conformance",
+        help="run the hypothesis conformance kit against a reader",
+        description="Generate valid containers and mutations of them, and check a reader "
+        "against this library: it must decode valid files to their content and accept "
+        "exactly the mutations this library accepts. The reader is a command that prints "
+        "the decoded JSON (spec § 12) and exits 0, or exits non-zero to reject.",
+    )
+    conformance.add_argument(
+        "--reader",
+        default=None,
+        help='command with {} for the file path, e.g. "./my-reader {}" (default: this library)',
+    )
+    conformance.add_argument(
+        "--examples", type=int, default=100, help="valid containers (default 100)"
+    )
+    conformance.add_argument(
+        "--mutations", type=int, default=20, help="mutations per container (default 20)"
+    )
+    conformance.add_argument(
+        "--seed", type=int, default=None, help="hypothesis seed (default: fixed)"
+    )
+    conformance.set_defaults(handler=_conformance)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    container = load(args.file)
+    summary = summarize(container, file_bytes=args.file.stat().st_size)
+    if args.json:
+        print(json.dumps({"file": str(args.file), **summary}, indent=1, ensure_ascii=False))
+        return 0
+    print(format_summary(summary, str(args.file)))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], title: str) -> str:
+    """The human-readable form of :func:`conesfmt.summary.summarize`."""
+    lines = [f"{title}: .cones {summary['version']}, {summary['bytes']:,} bytes"]
+    fingerprint = summary["fingerprint"]
+    if fingerprint is None:
+        lines.append("fingerprint:  none (cannot be checked against a model)")
+    else:
+        samples, layers = fingerprint["samples_per_layer"], fingerprint["layers"]
+        lines.append(f"fingerprint:  {samples} sampled values x {layers} layers")
+    dtypes = sorted({row["dtype"] or "?" for row in summary["layers"]})
+    lines.append(
+        f"layers:       {len(summary['layers'])} tensors, {summary['numel']:,} entries"
+        + (f" ({', '.join(dtypes)})" if dtypes else "")
+    )
+    for key, value in summary["metadata"].items():
+        lines.append(f"metadata:     {key} = {value}")
+    width = max((len(row["key"]) for row in summary["layers"]), default=10)
+    for concept in summary["concepts"]:
+        lines.append("")
+        described = ", ".join(f"{k}={v!r}" for k, v in concept["metadata"].items() if len(v) <= 60)
+        lines.append(f"concept {concept['name']!r}" + (f"  ({described})" if described else ""))
+        lines.append(
+            f"  shut {concept['shut']:,} of {summary['numel']:,} entries "
+            f"({100 * concept['sparsity']:.3f} %), floor {concept['floor_bytes']:,.0f} bytes"
+        )
+        for row in summary["layers"]:
+            count = concept["per_layer"][row["key"]]
+            if count:
+                shape = "x".join(map(str, row["shape"]))
+                percent = 100 * count / row["numel"]
+                lines.append(
+                    f"    {row['key']:<{width}}  {shape:>11}  {count:>10,}  {percent:7.3f} %"
+                )
+    lines.append("")
+    if summary["ratio_to_floor"] is None:
+        lines.append(f"size:         {summary['bytes']:,} bytes (no entries shut: the floor is 0)")
+    else:
+        lines.append(
+            f"size:         {summary['bytes']:,} bytes on disk; floor log2 C(N,k)/8 = "
+            f"{summary['floor_bytes']:,.0f} bytes; ratio {summary['ratio_to_floor']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _dump(args: argparse.Namespace) -> int:
+    json.dump(to_json(load(args.file)), sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    try:
+        from .conformance import CommandReader, LibraryReader, run
+    except ImportError as error:
+        raise CommandError(
+            f"the conformance kit needs hypothesis: pip install hypothesis ({error})"
+        ) from None
+    reader = LibraryReader() if args.reader is None else CommandReader(args.reader)
+    summary = run(
+        reader, examples=args.examples, mutations_per_example=args.mutations, seed=args.seed
+    )
+    print(
+        f"passed: {summary.valid_containers} valid containers, {summary.mutated_inputs} mutated "
+        f"inputs ({summary.accepted_mutations} of them valid containers, the rest rejected)"
+    )
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
+    """The full ``cones`` parser, and the exception types that mean a user error."""
+    parser = argparse.ArgumentParser(
+        prog="cones",
+        description="Concept neurons for diffusion models: "
+        "inspect, apply, bake and train .cones containers.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    user_errors: list[type[BaseException]] = [CommandError, FormatError, OSError]
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(subparsers)
+        user_errors.extend(getattr(module, "USER_ERRORS", ()))
+    return parser, tuple(user_errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cones`` console script."""
+    parser, user_errors = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except user_errors as error:
+        message = str(error)
+        if isinstance(error, OSError) and error.filename is not None:
+            message = f"{error.filename}: {error.strerror}"
+        print(f"cones {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cones {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

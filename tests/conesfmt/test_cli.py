@@ -1,0 +1,140 @@
+"""The ``cones`` command's format subcommands: inspect, dump, conformance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import conesfmt
+
+VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
+# The console script installed beside this interpreter (the venv's), else on PATH.
+_BESIDE = Path(sys.executable).parent / "cones"
+CONES = str(_BESIDE) if _BESIDE.exists() else shutil.which("cones")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    assert CONES, "the cones console script is not installed (pip install -e .)"
+    return subprocess.run([CONES, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    layers = {
+        f"blk{i}.attn2.to_{kv}.weight": conesfmt.Layer((64, 48), "F32")
+        for i in range(3)
+        for kv in "kv"
+    }
+    concept = conesfmt.Concept(
+        {key: np.flatnonzero(rng.random(64 * 48) < 0.02) for key in list(layers)[:4]},
+        trigger="sks",
+        class_word="cat",
+    )
+    fingerprint = conesfmt.Fingerprint(
+        {k: rng.standard_normal(8).astype(np.float32) for k in layers}
+    )
+    return conesfmt.save(
+        conesfmt.Container(layers, {"cat": concept}, fingerprint), tmp_path / "cat.cones"
+    )
+
+
+def test_inspect_shows_what_the_container_holds(example: Path) -> None:
+    result = run("inspect", str(example))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    container = conesfmt.load(example)
+    total = container.concepts["cat"].total
+    assert ".cones 1.0" in out
+    assert "8 sampled values x 6 layers" in out
+    assert "6 tensors, 18,432 entries" in out
+    assert "concept 'cat'" in out and "trigger='sks'" in out
+    assert f"shut {total:,} of 18,432 entries" in out
+    assert (
+        "blk0.attn2.to_k.weight" in out and "blk2.attn2.to_v.weight" not in out
+    )  # untouched layers omitted
+    assert f"{example.stat().st_size:,} bytes on disk" in out and "floor log2 C(N,k)/8" in out
+
+
+def test_inspect_json(example: Path) -> None:
+    result = run("inspect", str(example), "--json")
+    summary = json.loads(result.stdout)
+    container = conesfmt.load(example)
+    assert summary["bytes"] == example.stat().st_size
+    (concept,) = summary["concepts"]
+    assert concept["shut"] == container.concepts["cat"].total
+    assert sum(concept["per_layer"].values()) == concept["shut"]
+    assert concept["sparsity"] == pytest.approx(concept["shut"] / 18_432)
+    assert summary["ratio_to_floor"] == pytest.approx(summary["bytes"] / summary["floor_bytes"])
+
+
+def test_dump_prints_the_decoded_form(example: Path) -> None:
+    from conesfmt.jsonform import to_json
+
+    result = run("dump", str(example))
+    assert json.loads(result.stdout) == to_json(conesfmt.load(example))
+
+
+@pytest.mark.parametrize("name", ["crc-mismatch", "truncated-at-boundary", "zero-delta"])
+def test_bad_files_give_one_line_and_status_1(name: str) -> None:
+    result = run("inspect", str(VECTORS / "invalid" / f"{name}.cones"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("cones inspect: error: ")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_missing_file() -> None:
+    result = run("dump", "/nonexistent/cat.cones")
+    assert result.returncode == 1
+    assert result.stderr == "cones dump: error: /nonexistent/cat.cones: No such file or directory\n"
+
+
+def test_conformance_against_an_external_reader() -> None:
+    # `cones dump` stands in for another implementation: same content, same rejections.
+    result = run(
+        "conformance", "--reader", f"{CONES} dump {{}}", "--examples", "4", "--mutations", "3"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed: " in result.stdout and "12 mutated inputs" in result.stdout
+
+
+def test_conformance_catches_a_lenient_reader(tmp_path: Path) -> None:
+    # A reader that accepts everything must be caught by the differential check.
+    lenient = tmp_path / "lenient.py"
+    lenient.write_text(
+        "import sys, json\n"
+        "from conesfmt import Container\n"
+        "from conesfmt.jsonform import to_json\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "try:\n    print(json.dumps(to_json(Container.from_bytes(data))))\n"
+        "except Exception:\n    print('{}')\n"
+    )
+    result = run(
+        "conformance",
+        "--reader",
+        f"{sys.executable} {lenient} {{}}",
+        "--examples",
+        "5",
+        "--mutations",
+        "5",
+    )
+    assert result.returncode != 0
+    assert "accepted a file the reference reader rejects" in result.stdout + result.stderr
+
+
+def test_format_commands_import_no_torch(example: Path) -> None:
+    code = (
+        "import sys, conesfmt\n"
+        "assert 'torch' not in sys.modules\n"
+        "from conesfmt.cli import main\n"
+        f"main(['inspect', {str(example)!r}])\n"
+        "assert 'torch' not in sys.modules, 'cones inspect imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,27 @@
+"""Shared test configuration: hypothesis profiles.
+
+The default profile ("ci") keeps the whole suite within CI's budget; the
+"slow" profile runs the properties with many more examples:
+
+    pytest --hypothesis-profile=slow -m "slow or not slow"
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,  # CI machines are shared; hangs are caught by explicit time limits
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+settings.register_profile(
+    "slow",
+    max_examples=2_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=20, deadline=None)
+settings.load_profile("ci")
