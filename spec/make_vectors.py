@@ -253,9 +253,12 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "length-overflows-file",
-        good[:12] + b"LAYR" + struct.pack("<I", 0x7FFF0000) + good[20:],
+        good[: len(preamble()) + len(BASE_LAYR)]
+        + b"CNPT"
+        + struct.pack("<I", 1 << 20)
+        + b"\x00" * 20,
         3,
-        "LAYR declares 2 GiB of payload in a small file",
+        "a concept section declares 1 MiB of payload; 20 bytes follow",
         "truncated",
     )
     add(
