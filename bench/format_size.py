@@ -32,9 +32,7 @@ def layer_table() -> dict[str, conesfmt.Layer]:
     return {key: conesfmt.Layer(shape, "F32") for key, shape in sd1_cross_attention_kv().items()}
 
 
-def container_for(
-    flat: np.ndarray, layers: dict[str, conesfmt.Layer], fingerprint
-) -> conesfmt.Container:
+def container_for(flat: np.ndarray, layers: dict[str, conesfmt.Layer], fingerprint) -> conesfmt.Container:
     """Split flat indices over the concatenated table into per-layer indices."""
     indices, start = {}, 0
     for key, layer in layers.items():
@@ -90,9 +88,7 @@ def main() -> None:
         f"{len(empty):,} bytes.\n"
     )
     print("## Random masks\n")
-    header = (
-        "density | shut k | container bytes | floor bytes | ratio | paper | encode s | decode ms"
-    )
+    header = "density | shut k | container bytes | floor bytes | ratio | paper | encode s | decode ms"
     print(f"| {header} | indices/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for density, paper_bytes in PAPER:
@@ -118,9 +114,7 @@ def main() -> None:
     structured = {
         "whole rows (5 % of rows of every tensor)": lambda shape: _rows(rng, shape, 0.05),
         "whole columns (5 % of columns)": lambda shape: _columns(rng, shape, 0.05),
-        "a few dense rows (2 % of rows, 60 % of each)": lambda shape: _dense_rows(
-            rng, shape, 0.02, 0.6
-        ),
+        "a few dense rows (2 % of rows, 60 % of each)": lambda shape: _dense_rows(rng, shape, 0.02, 0.6),
         "random 1.32 % inside 10 % of rows": lambda shape: _dense_rows(rng, shape, 0.10, 0.132),
     }
     for label, make in structured.items():

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 #: (block path, channels) of the 16 transformer blocks of SD 1.x, in state-dict order.
 _SD1_BLOCKS = (
-    [
-        (f"down_blocks.{b}.attentions.{a}", c)
-        for b, c in enumerate((320, 640, 1280))
-        for a in range(2)
-    ]
+    [(f"down_blocks.{b}.attentions.{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
     + [("mid_block.attentions.0", 1280)]
     + [
         (f"up_blocks.{b}.attentions.{a}", c)

@@ -70,15 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help='command with {} for the file path, e.g. "./my-reader {}" (default: this library)',
     )
-    conformance.add_argument(
-        "--examples", type=int, default=100, help="valid containers (default 100)"
-    )
-    conformance.add_argument(
-        "--mutations", type=int, default=20, help="mutations per container (default 20)"
-    )
-    conformance.add_argument(
-        "--seed", type=int, default=None, help="hypothesis seed (default: fixed)"
-    )
+    conformance.add_argument("--examples", type=int, default=100, help="valid containers (default 100)")
+    conformance.add_argument("--mutations", type=int, default=20, help="mutations per container (default 20)")
+    conformance.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: fixed)")
     conformance.set_defaults(handler=_conformance)
 
 
@@ -122,9 +116,7 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
             if count:
                 shape = "x".join(map(str, row["shape"]))
                 percent = 100 * count / row["numel"]
-                lines.append(
-                    f"    {row['key']:<{width}}  {shape:>11}  {count:>10,}  {percent:7.3f} %"
-                )
+                lines.append(f"    {row['key']:<{width}}  {shape:>11}  {count:>10,}  {percent:7.3f} %")
     lines.append("")
     if summary["ratio_to_floor"] is None:
         lines.append(f"size:         {summary['bytes']:,} bytes (no entries shut: the floor is 0)")
@@ -150,9 +142,7 @@ def _conformance(args: argparse.Namespace) -> int:
             f"the conformance kit needs hypothesis: pip install hypothesis ({error})"
         ) from None
     reader = LibraryReader() if args.reader is None else CommandReader(args.reader)
-    summary = run(
-        reader, examples=args.examples, mutations_per_example=args.mutations, seed=args.seed
-    )
+    summary = run(reader, examples=args.examples, mutations_per_example=args.mutations, seed=args.seed)
     print(
         f"passed: {summary.valid_containers} valid containers, {summary.mutated_inputs} mutated "
         f"inputs ({summary.accepted_mutations} of them valid containers, the rest rejected)"
@@ -164,8 +154,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
     """The full ``cones`` parser, and the exception types that mean a user error."""
     parser = argparse.ArgumentParser(
         prog="cones",
-        description="Concept neurons for diffusion models: "
-        "inspect, apply, bake and train .cones containers.",
+        description="Concept neurons for diffusion models: inspect, apply, bake and train .cones containers.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     user_errors: list[type[BaseException]] = [CommandError, FormatError, OSError]

@@ -122,14 +122,10 @@ class _PlaneReader:
         if params.dict_id != 0:
             raise FormatError(f"{where}: zstd frame needs a dictionary ({params.dict_id})")
         if params.window_size > MAX_ZSTD_WINDOW:
-            raise FormatError(
-                f"{where}: zstd window of {params.window_size} bytes exceeds {MAX_ZSTD_WINDOW}"
-            )
+            raise FormatError(f"{where}: zstd window of {params.window_size} bytes exceeds {MAX_ZSTD_WINDOW}")
         span = frame_span(frame, where)
         if span != len(frame):
-            raise FormatError(
-                f"{where}: zstd frame spans {span} bytes, the section says {len(frame)}"
-            )
+            raise FormatError(f"{where}: zstd frame spans {span} bytes, the section says {len(frame)}")
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
         self.stream = decompressor.stream_reader(frame, read_across_frames=False)
 
@@ -187,9 +183,7 @@ def iter_index_blocks(
             zero = np.flatnonzero(deltas[first:] == 0)
             if zero.size:
                 position = start + first + int(zero[0])
-                raise FormatError(
-                    f"{where[number]}: indices not strictly increasing at entry {position}"
-                )
+                raise FormatError(f"{where[number]}: indices not strictly increasing at entry {position}")
             indices = np.cumsum(deltas) + (previous if previous >= 0 else 0)
             if indices[-1] >= numel:
                 raise FormatError(f"{where[number]}: index {int(indices[-1])} >= numel {numel}")

@@ -279,9 +279,7 @@ class Container:
         indices = {}
         for layer_key in sorted(raw, key=_sort_key):
             if layer_key not in self._layers:
-                raise FormatError(
-                    f"concept {name!r}: layer {layer_key!r} is not in the layer table"
-                )
+                raise FormatError(f"concept {name!r}: layer {layer_key!r} is not in the layer table")
             values = _validate_indices(
                 raw[layer_key], self._layers[layer_key], f"concept {name!r}, layer {layer_key!r}"
             )
@@ -303,9 +301,7 @@ def _validate_text(text: Any, field: str, *, min_bytes: int, max_bytes: int) -> 
     except UnicodeEncodeError:
         raise FormatError(f"{field} {text!r} cannot be encoded as UTF-8") from None
     if not min_bytes <= size <= max_bytes:
-        raise FormatError(
-            f"{field} {text[:40]!r} is {size} bytes, allowed {min_bytes}..{max_bytes}"
-        )
+        raise FormatError(f"{field} {text[:40]!r} is {size} bytes, allowed {min_bytes}..{max_bytes}")
 
 
 def validate_map(entries: Mapping[str, str], field: str) -> dict[str, str]:
@@ -335,9 +331,7 @@ def _validate_layers(layers: Mapping[str, Iterable[int] | Layer]) -> dict[str, L
         try:
             shape = tuple(int(d) for d in shape)
         except (TypeError, ValueError):
-            raise FormatError(
-                f"layer {key!r}: shape must be a sequence of ints, got {shape!r}"
-            ) from None
+            raise FormatError(f"layer {key!r}: shape must be a sequence of ints, got {shape!r}") from None
         check_layer(key, shape, dtype)
         table[key] = Layer(shape, dtype)
     return table
@@ -350,24 +344,18 @@ def check_layer(key: str, shape: tuple[int, ...], dtype: str) -> None:
     if any(d < 1 or d > 0xFFFFFFFF for d in shape):
         raise FormatError(f"layer {key!r}: dimensions must be 1..2**32-1, got {shape}")
     if math.prod(shape) > MAX_LAYER_NUMEL:
-        raise FormatError(
-            f"layer {key!r}: {math.prod(shape)} entries, at most {MAX_LAYER_NUMEL} allowed"
-        )
+        raise FormatError(f"layer {key!r}: {math.prod(shape)} entries, at most {MAX_LAYER_NUMEL} allowed")
     if (
         not isinstance(dtype, str)
         or len(dtype) > MAX_DTYPE_BYTES
         or not all(ch.isascii() and (ch.isalnum() or ch == "_") for ch in dtype)
     ):
-        raise FormatError(
-            f"layer {key!r}: dtype {dtype!r} must be 0..16 ASCII letters, digits or '_'"
-        )
+        raise FormatError(f"layer {key!r}: dtype {dtype!r} must be 0..16 ASCII letters, digits or '_'")
 
 
 def _validate_fingerprint(fingerprint: Fingerprint, layers: Mapping[str, Layer]) -> None:
     if not isinstance(fingerprint, Fingerprint):
-        raise FormatError(
-            f"fingerprint must be a conesfmt.Fingerprint, got {type(fingerprint).__name__}"
-        )
+        raise FormatError(f"fingerprint must be a conesfmt.Fingerprint, got {type(fingerprint).__name__}")
     if set(fingerprint.samples) != set(layers):
         missing = sorted(set(layers) - set(fingerprint.samples))
         extra = sorted(set(fingerprint.samples) - set(layers))
@@ -382,9 +370,7 @@ def _validate_indices(values: Any, layer: Layer, where: str) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype == np.bool_:
         if array.shape != layer.shape:
-            raise FormatError(
-                f"{where}: boolean mask of shape {array.shape}, layer is {layer.shape}"
-            )
+            raise FormatError(f"{where}: boolean mask of shape {array.shape}, layer is {layer.shape}")
         return _readonly(np.flatnonzero(array.reshape(-1)).astype(np.int64))
     if array.size == 0:
         return _EMPTY

@@ -69,8 +69,7 @@ class Fingerprint:
             raise FormatError(f"fingerprint: layers have different sample counts {sorted(lengths)}")
         if lengths and not 1 <= next(iter(lengths)) <= MAX_SAMPLES_PER_LAYER:
             raise FormatError(
-                f"fingerprint: {next(iter(lengths))} samples per layer, "
-                f"allowed 1..{MAX_SAMPLES_PER_LAYER}"
+                f"fingerprint: {next(iter(lengths))} samples per layer, allowed 1..{MAX_SAMPLES_PER_LAYER}"
             )
         object.__setattr__(self, "samples", MappingProxyType(normalized))
 

@@ -27,9 +27,7 @@ def to_json(container: Container) -> dict[str, Any]:
         if fingerprint is None
         else {
             "samples_per_layer": fingerprint.samples_per_layer,
-            "values": [
-                fingerprint.samples[key].astype(np.float64).tolist() for key in container.layers
-            ],
+            "values": [fingerprint.samples[key].astype(np.float64).tolist() for key in container.layers],
         },
         "metadata": dict(container.metadata),
         "concepts": [
@@ -53,9 +51,7 @@ def from_json(document: dict[str, Any]) -> Container:
             {key: np.array(v, np.float32) for key, v in zip(layers, values, strict=True)}
         )
     concepts = {
-        row["name"]: Concept(
-            {k: np.array(v, np.int64) for k, v in row["indices"].items()}, row["metadata"]
-        )
+        row["name"]: Concept({k: np.array(v, np.int64) for k, v in row["indices"].items()}, row["metadata"])
         for row in document["concepts"]
     }
     return Container(layers, concepts, fingerprint, document["metadata"])

@@ -92,9 +92,7 @@ def encode(container: Container) -> bytes:
         for key in used:
             record.u32(position[key])
             record.u64(len(concept.indices[key]))
-        frames = encode_planes(
-            [(container.layers[key].numel, concept.indices[key]) for key in used]
-        )
+        frames = encode_planes([(container.layers[key].numel, concept.indices[key]) for key in used])
         for frame in frames:
             record.u32(len(frame))
         for frame in frames:
@@ -173,9 +171,7 @@ def _read_preamble(data: bytes | memoryview) -> int:
     return minor
 
 
-def _read_section(
-    data: bytes | memoryview, position: int, number: int
-) -> tuple[bytes, memoryview, int]:
+def _read_section(data: bytes | memoryview, position: int, number: int) -> tuple[bytes, memoryview, int]:
     where = f"section #{number} at byte {position}"
     if position + _SECTION_HEADER.size > len(data):
         raise FormatError(f"{where}: file is truncated (no CEND section)")
@@ -188,9 +184,7 @@ def _read_section(
         raise FormatError(f"{where} ({tag.decode()}): length {length} exceeds {cap}")
     end = position + _SECTION_HEADER.size + length
     if end + _CRC.size > len(data):
-        raise FormatError(
-            f"{where} ({tag.decode()}): declares {length} bytes but the file is truncated"
-        )
+        raise FormatError(f"{where} ({tag.decode()}): declares {length} bytes but the file is truncated")
     view = memoryview(data)
     (stored,) = _CRC.unpack_from(data, end)
     if zlib.crc32(view[position:end]) != stored:
@@ -264,12 +258,9 @@ def _read_concept(reader: FieldReader, layers: dict[str, Layer]) -> tuple[str, C
             raise reader.fail(f"layer {key!r}: count {count}, allowed 1..numel={numel}")
         entries.append((key, count))
     widths = [layer_width(layers[key].numel) for key, _ in entries]
-    frame_lengths = [
-        reader.u32(f"plane {plane} frame length") for plane in range(max(widths, default=0))
-    ]
+    frame_lengths = [reader.u32(f"plane {plane} frame length") for plane in range(max(widths, default=0))]
     frames = [
-        bytes(reader.take(length, f"plane {plane} frame"))
-        for plane, length in enumerate(frame_lengths)
+        bytes(reader.take(length, f"plane {plane} frame")) for plane, length in enumerate(frame_lengths)
     ]
 
     sizes = [(layers[key].numel, count) for key, count in entries]

@@ -27,9 +27,7 @@ class FieldReader:
     'hi'
     """
 
-    def __init__(
-        self, data: bytes | memoryview, where: str, start: int = 0, end: int | None = None
-    ):
+    def __init__(self, data: bytes | memoryview, where: str, start: int = 0, end: int | None = None):
         self.data = memoryview(data)
         self.pos = start
         self.end = len(self.data) if end is None else end

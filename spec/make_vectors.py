@@ -132,15 +132,9 @@ def valid_vectors() -> dict[str, tuple[bytes, bool]]:
     out["empty"] = (conesfmt.Container({}).to_bytes(), True)
 
     layers = {
-        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": conesfmt.Layer(
-            (32, 24), "F32"
-        ),
-        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight": conesfmt.Layer(
-            (32, 24), "F32"
-        ),
-        "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": conesfmt.Layer(
-            (64, 24), "F32"
-        ),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": conesfmt.Layer((32, 24), "F32"),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight": conesfmt.Layer((32, 24), "F32"),
+        "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": conesfmt.Layer((64, 24), "F32"),
     }
     keys = list(layers)
     fingerprint = conesfmt.Fingerprint(
@@ -153,9 +147,7 @@ def valid_vectors() -> dict[str, tuple[bytes, bool]]:
         class_word="cat",
     )
     out["one-concept"] = (
-        conesfmt.Container(
-            layers, {"cat": cat}, fingerprint, {"created_by": "cones 0.1.0"}
-        ).to_bytes(),
+        conesfmt.Container(layers, {"cat": cat}, fingerprint, {"created_by": "cones 0.1.0"}).to_bytes(),
         True,
     )
 
@@ -253,10 +245,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "length-overflows-file",
-        good[: len(preamble()) + len(BASE_LAYR)]
-        + b"CNPT"
-        + struct.pack("<I", 1 << 20)
-        + b"\x00" * 20,
+        good[: len(preamble()) + len(BASE_LAYR)] + b"CNPT" + struct.pack("<I", 1 << 20) + b"\x00" * 20,
         3,
         "a concept section declares 1 MiB of payload; 20 bytes follow",
         "truncated",
@@ -400,9 +389,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "map-too-many-entries",
-        assemble(
-            BASE_LAYR, section(b"META", raw_map([(b"k%04d" % i, b"") for i in range(1025)])), END
-        ),
+        assemble(BASE_LAYR, section(b"META", raw_map([(b"k%04d" % i, b"") for i in range(1025)])), END),
         12,
         "1,025 metadata entries",
         "at most 1024",
@@ -481,9 +468,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "fingerprint-nan",
-        assemble(
-            BASE_LAYR, section(b"FPRT", struct.pack("<H", 1) + struct.pack("<f", float("nan"))), END
-        ),
+        assemble(BASE_LAYR, section(b"FPRT", struct.pack("<H", 1) + struct.pack("<f", float("nan"))), END),
         14,
         "a NaN sample value",
         "finite",
@@ -511,9 +496,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "entry-layer-out-of-range",
-        assemble(
-            BASE_LAYR, section(b"CNPT", concept_payload(b"cat", [(1, 1)], [zstd(b"\x02")])), END
-        ),
+        assemble(BASE_LAYR, section(b"CNPT", concept_payload(b"cat", [(1, 1)], [zstd(b"\x02")])), END),
         17,
         "entry names layer #1 of a 1-layer table",
         "table has 1",
@@ -592,9 +575,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
             section(b"LAYR", layer_table([("a", "F32", (100_000,))])),
             section(
                 b"CNPT",
-                concept_payload(
-                    b"cat", [(0, 800)], [bytes(corrupt), zstd(bytes(800)), zstd(bytes(800))]
-                ),
+                concept_payload(b"cat", [(0, 800)], [bytes(corrupt), zstd(bytes(800)), zstd(bytes(800))]),
             ),
             END,
         ),
@@ -604,9 +585,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "frame-window-too-large",
-        assemble(
-            BASE_LAYR, base_concept(frames=[frame_with_window(b"\x02\x03\x0a", window_log=27)]), END
-        ),
+        assemble(BASE_LAYR, base_concept(frames=[frame_with_window(b"\x02\x03\x0a", window_log=27)]), END),
         18,
         "the frame header asks for a 128 MiB window",
         "window",
@@ -641,11 +620,7 @@ def frame_with_window(content: bytes, window_log: int) -> bytes:
     RFC 8878 § 3.1.1.1: descriptor 0x80 = 4-byte content size, not single
     segment, so a Window_Descriptor byte (exponent ``window_log - 10``) follows.
     """
-    header = (
-        b"\x28\xb5\x2f\xfd"
-        + bytes([0x80, (window_log - 10) << 3])
-        + struct.pack("<I", len(content))
-    )
+    header = b"\x28\xb5\x2f\xfd" + bytes([0x80, (window_log - 10) << 3]) + struct.pack("<I", len(content))
     last_raw_block = struct.pack("<I", (len(content) << 3) | 1)[:3]
     return header + last_raw_block + content
 
@@ -668,9 +643,7 @@ def build() -> dict[Path, bytes]:
         files[VECTORS / "invalid" / f"{name}.cones"] = data
         invalid_manifest[name] = {"rule": rule, "reason": reason, "error_contains": error}
     meta = {"zstd_version": zstandard.ZSTD_VERSION}
-    files[VECTORS / "valid" / "manifest.json"] = _json(
-        {"generated_with": meta, "vectors": valid_manifest}
-    )
+    files[VECTORS / "valid" / "manifest.json"] = _json({"generated_with": meta, "vectors": valid_manifest})
     files[VECTORS / "invalid" / "manifest.json"] = _json(
         {"generated_with": meta, "vectors": invalid_manifest}
     )
@@ -678,23 +651,17 @@ def build() -> dict[Path, bytes]:
 
 
 def _json(document: object) -> bytes:
-    return (json.dumps(document, indent=1, ensure_ascii=False, sort_keys=True) + "\n").encode(
-        "utf-8"
-    )
+    return (json.dumps(document, indent=1, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="compare with the files on disk, write nothing"
-    )
+    parser.add_argument("--check", action="store_true", help="compare with the files on disk, write nothing")
     args = parser.parse_args()
     files = build()
     if args.check:
         stale = [
-            str(p.relative_to(ROOT))
-            for p, data in files.items()
-            if not p.exists() or p.read_bytes() != data
+            str(p.relative_to(ROOT)) for p, data in files.items() if not p.exists() or p.read_bytes() != data
         ]
         extra = {p for p in VECTORS.rglob("*") if p.is_file() and p not in files}
         for path in stale:

@@ -61,9 +61,7 @@ def _replace_section(data: bytes, span: SectionSpan, new: bytes) -> bytes:
 def blind_mutations(draw: st.DrawFn, data: bytes) -> bytes:
     """Edits that ignore the structure: flips, byte sets, truncation, insertion, deletion."""
     size = len(data)
-    kind = draw(
-        st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate", "version"])
-    )
+    kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate", "version"]))
     if kind == "truncate" or size == 0:
         return data[: draw(st.integers(0, max(0, size - 1)))]
     # Mostly past the preamble: small files would otherwise spend a quarter of
@@ -72,9 +70,7 @@ def blind_mutations(draw: st.DrawFn, data: bytes) -> bytes:
     position = draw(st.integers(min(low, size - 1), size - 1))
     if kind == "flip":
         return (
-            data[:position]
-            + bytes([data[position] ^ (1 << draw(st.integers(0, 7)))])
-            + data[position + 1 :]
+            data[:position] + bytes([data[position] ^ (1 << draw(st.integers(0, 7)))]) + data[position + 1 :]
         )
     if kind == "set":
         return data[:position] + bytes([draw(st.integers(0, 255))]) + data[position + 1 :]
@@ -116,9 +112,7 @@ def structural_mutations(draw: st.DrawFn, data: bytes) -> bytes:
     )
     if kind == "length":
         # Only the length field changes; the CRC stays: framing must catch it.
-        new_length = draw(
-            st.one_of(st.integers(0, len(payload) + 16), st.sampled_from(_INTERESTING_U32))
-        )
+        new_length = draw(st.one_of(st.integers(0, len(payload) + 16), st.sampled_from(_INTERESTING_U32)))
         header = struct.pack("<4sI", span.tag, new_length)
         return data[: span.start] + header + data[span.payload :]
     if kind in ("u8", "u16", "u32", "u64") and payload:
@@ -126,9 +120,7 @@ def structural_mutations(draw: st.DrawFn, data: bytes) -> bytes:
         if len(payload) < width:
             return draw(blind_mutations(data))
         offset = draw(st.integers(0, len(payload) - width))
-        (old,) = struct.unpack_from(
-            "<" + "BHIQ"[["u8", "u16", "u32", "u64"].index(kind)], payload, offset
-        )
+        (old,) = struct.unpack_from("<" + "BHIQ"[["u8", "u16", "u32", "u64"].index(kind)], payload, offset)
         limit = (1 << (8 * width)) - 1
         specials = [v for v in (_INTERESTING_U64 if width == 8 else _INTERESTING_U32) if v <= limit]
         value = draw(
@@ -174,9 +166,7 @@ def structural_mutations(draw: st.DrawFn, data: bytes) -> bytes:
     return _replace_section(data, span, reframe(tag, payload))
 
 
-def _parse_concept(
-    payload: bytes, widths: list[int]
-) -> tuple[int, list[list[int]], list[bytes]] | None:
+def _parse_concept(payload: bytes, widths: list[int]) -> tuple[int, list[list[int]], list[bytes]] | None:
     """Offsets of a CNPT payload: (start of the entry table, [[layer, count]], frames)."""
     try:
         position = 2 + struct.unpack_from("<H", payload, 0)[0]
@@ -257,9 +247,7 @@ def index_mutations(draw: st.DrawFn, data: bytes) -> bytes:
         if planes[plane] and draw(st.booleans()):
             del planes[plane][draw(st.integers(0, len(planes[plane]) - 1))]
         else:
-            planes[plane].insert(
-                draw(st.integers(0, len(planes[plane]))), draw(st.integers(0, 255))
-            )
+            planes[plane].insert(draw(st.integers(0, len(planes[plane]))), draw(st.integers(0, 255)))
     elif kind == "count":
         # Grow or shrink one entry and its planes together, so that sizes agree
         # and only the index rules can object.

@@ -76,9 +76,7 @@ class CommandReader:
             with open(path, "wb") as handle:
                 handle.write(data)
             argv = shlex.split(self.command)
-            argv = (
-                [path if part == "{}" else part for part in argv] if "{}" in argv else [*argv, path]
-            )
+            argv = [path if part == "{}" else part for part in argv] if "{}" in argv else [*argv, path]
             try:
                 result = subprocess.run(argv, capture_output=True, timeout=self.timeout)
             except subprocess.TimeoutExpired:
@@ -131,9 +129,7 @@ def check_mutation(reader: Reader, data: bytes) -> bool:
     if expected is not None and got is None:
         raise ConformanceFailure("reader rejected a file the reference reader accepts", data)
     if expected is not None and _normalise(got) != _normalise(expected):
-        raise ConformanceFailure(
-            "reader decoded a file to different content than the reference", data
-        )
+        raise ConformanceFailure("reader decoded a file to different content than the reference", data)
     return expected is not None
 
 

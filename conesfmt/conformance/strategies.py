@@ -26,9 +26,7 @@ def _utf8_fits(max_bytes: int):
 
 def names(max_bytes: int = 256, min_size: int = 1) -> st.SearchStrategy[str]:
     """Unicode strings that fit ``max_bytes`` of UTF-8 (emoji, combining marks, NUL...)."""
-    return st.text(_TEXT, min_size=min_size, max_size=min(max_bytes, 24)).filter(
-        _utf8_fits(max_bytes)
-    )
+    return st.text(_TEXT, min_size=min_size, max_size=min(max_bytes, 24)).filter(_utf8_fits(max_bytes))
 
 
 def metadata_maps(max_entries: int = 4) -> st.SearchStrategy[dict[str, str]]:
@@ -39,17 +37,13 @@ def shapes() -> st.SearchStrategy[tuple[int, ...]]:
     """1-D to 4-D shapes whose numel spans all delta widths of spec § 6.3 (1, 2 and 3 bytes)."""
     small = st.lists(st.integers(1, 9), min_size=1, max_size=4)
     wide = st.lists(st.integers(1, 700), min_size=1, max_size=2)
-    exact = st.sampled_from(
-        [[1], [256], [257], [16, 16], [256, 257], [65_536], [65_537], [320, 768]]
-    )
+    exact = st.sampled_from([[1], [256], [257], [16, 16], [256, 257], [65_536], [65_537], [320, 768]])
     return st.one_of(small, wide, exact).map(tuple)
 
 
 def layer_tables(max_layers: int = 5) -> st.SearchStrategy[dict[str, Layer]]:
     dtypes = st.sampled_from(["F32", "F16", "BF16", "F64", ""])
-    return st.dictionaries(
-        names(max_bytes=1024), st.builds(Layer, shapes(), dtypes), max_size=max_layers
-    )
+    return st.dictionaries(names(max_bytes=1024), st.builds(Layer, shapes(), dtypes), max_size=max_layers)
 
 
 @st.composite
@@ -87,9 +81,7 @@ def containers(draw: st.DrawFn, max_layers: int = 5, max_concepts: int = 4) -> C
         floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
         fingerprint = Fingerprint(
             {
-                key: np.array(
-                    draw(st.lists(floats, min_size=samples, max_size=samples)), np.float32
-                )
+                key: np.array(draw(st.lists(floats, min_size=samples, max_size=samples)), np.float32)
                 for key in layers
             }
         )

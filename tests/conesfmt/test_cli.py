@@ -28,21 +28,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def example(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     layers = {
-        f"blk{i}.attn2.to_{kv}.weight": conesfmt.Layer((64, 48), "F32")
-        for i in range(3)
-        for kv in "kv"
+        f"blk{i}.attn2.to_{kv}.weight": conesfmt.Layer((64, 48), "F32") for i in range(3) for kv in "kv"
     }
     concept = conesfmt.Concept(
         {key: np.flatnonzero(rng.random(64 * 48) < 0.02) for key in list(layers)[:4]},
         trigger="sks",
         class_word="cat",
     )
-    fingerprint = conesfmt.Fingerprint(
-        {k: rng.standard_normal(8).astype(np.float32) for k in layers}
-    )
-    return conesfmt.save(
-        conesfmt.Container(layers, {"cat": concept}, fingerprint), tmp_path / "cat.cones"
-    )
+    fingerprint = conesfmt.Fingerprint({k: rng.standard_normal(8).astype(np.float32) for k in layers})
+    return conesfmt.save(conesfmt.Container(layers, {"cat": concept}, fingerprint), tmp_path / "cat.cones")
 
 
 def test_inspect_shows_what_the_container_holds(example: Path) -> None:
@@ -56,9 +50,7 @@ def test_inspect_shows_what_the_container_holds(example: Path) -> None:
     assert "6 tensors, 18,432 entries" in out
     assert "concept 'cat'" in out and "trigger='sks'" in out
     assert f"shut {total:,} of 18,432 entries" in out
-    assert (
-        "blk0.attn2.to_k.weight" in out and "blk2.attn2.to_v.weight" not in out
-    )  # untouched layers omitted
+    assert "blk0.attn2.to_k.weight" in out and "blk2.attn2.to_v.weight" not in out  # untouched layers omitted
     assert f"{example.stat().st_size:,} bytes on disk" in out and "floor log2 C(N,k)/8" in out
 
 
@@ -97,9 +89,7 @@ def test_missing_file() -> None:
 
 def test_conformance_against_an_external_reader() -> None:
     # `cones dump` stands in for another implementation: same content, same rejections.
-    result = run(
-        "conformance", "--reader", f"{CONES} dump {{}}", "--examples", "4", "--mutations", "3"
-    )
+    result = run("conformance", "--reader", f"{CONES} dump {{}}", "--examples", "4", "--mutations", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed: " in result.stdout and "12 mutated inputs" in result.stdout
 

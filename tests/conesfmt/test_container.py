@@ -61,9 +61,7 @@ def test_round_trip_and_lazy_decoding() -> None:
 
 def test_equality_sees_every_part() -> None:
     base = small()
-    assert base != Container(
-        {KEY: (640, 768), "b.weight": Layer((4, 4), "F16")}, {"cat": {KEY: [5, 17, 99]}}
-    )
+    assert base != Container({KEY: (640, 768), "b.weight": Layer((4, 4), "F16")}, {"cat": {KEY: [5, 17, 99]}})
     changed = Container(
         base.layers,
         {"cat": {KEY: [5, 17, 98]}, "mug": base.concepts["mug"]},

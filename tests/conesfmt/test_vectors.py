@@ -50,7 +50,5 @@ def test_vectors_are_what_the_script_generates() -> None:
     if VALID["generated_with"]["zstd_version"] != list(zstandard.ZSTD_VERSION):
         pytest.skip("canonical frames depend on the zstd library version (spec § 10)")
     script = VECTORS.parent / "make_vectors.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--check"], capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
