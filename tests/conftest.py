@@ -8,7 +8,13 @@ The default profile ("ci") keeps the whole suite within CI's budget; the
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, settings
+
+# diffusers and transformers log advice meant for hub users; keep test output readable.
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 settings.register_profile(
     "ci",

@@ -1,0 +1,51 @@
+"""conesrt: apply ``.cones`` containers to a model in place, reversibly and bit-exactly.
+
+>>> import conesrt
+>>> with conesrt.apply(pipe, ["cat.cones", "lake.cones"]):
+...     image = pipe("a sks cat by a zwx lake").images[0]
+
+``apply``, ``active``, ``fingerprint`` and ``layer_table`` need torch;
+``bake`` (write a safetensors file with the concept neurons shut) needs only
+numpy and safetensors. Importing ``conesrt`` imports neither: each name is
+loaded on first use, so ``cones`` commands that need no torch stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .baking import bake
+    from .fit import FingerprintMismatch
+    from .handles import Applied, Handle, active, apply
+    from .torch_model import fingerprint, layer_table
+
+_LAZY = {
+    "apply": ".handles",
+    "active": ".handles",
+    "Applied": ".handles",
+    "Handle": ".handles",
+    "bake": ".baking",
+    "fingerprint": ".torch_model",
+    "layer_table": ".torch_model",
+    "FingerprintMismatch": ".fit",
+}
+__all__ = [
+    "Applied",
+    "FingerprintMismatch",
+    "Handle",
+    "active",
+    "apply",
+    "bake",
+    "fingerprint",
+    "layer_table",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'conesrt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

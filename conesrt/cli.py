@@ -1,0 +1,96 @@
+"""``cones bake`` and ``cones verify``: the runtime's subcommands (no torch needed).
+
+cones bake --model sd15/unet cat.cones lake.cones --out unet-cat-lake.safetensors
+cones verify cat.cones --model sd15
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from conesfmt.cli import CommandError
+
+from .fit import FingerprintMismatch
+
+#: Exceptions the ``cones`` command reports as one line (see conesfmt.cli).
+USER_ERRORS = (FingerprintMismatch,)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bake`` and ``verify``."""
+    bake = subparsers.add_parser(
+        "bake",
+        help="write a safetensors file with concept neurons shut (numpy only, for edge and mobile)",
+        description="Copy a model's weights with the containers' concept neurons set to +0.0. "
+        "The result equals conesrt.apply bit for bit and loads in diffusers like the original.",
+    )
+    bake.add_argument("containers", nargs="+", type=Path, metavar="CONTAINER", help=".cones files")
+    bake.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="a .safetensors file, or a diffusers UNet or pipeline folder (its UNet weights)",
+    )
+    bake.add_argument("--out", "-o", required=True, type=Path, help="the safetensors file to write")
+    bake.add_argument(
+        "--concept", action="append", dest="concepts", help="use only this concept (repeatable)"
+    )
+    bake.add_argument(
+        "--no-strict", action="store_true", help="bake even if the fingerprint does not match (warns)"
+    )
+    bake.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    bake.set_defaults(handler=_bake)
+
+    verify = subparsers.add_parser(
+        "verify",
+        help="say whether a container fits a model, and why not",
+        description="Check a container's layer table and fingerprint against a model's "
+        "weights (spec § 4.3). Exit status 0 if it fits, 1 if not.",
+    )
+    verify.add_argument("container", type=Path, help="a .cones file")
+    verify.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="a .safetensors file or a diffusers model or pipeline folder",
+    )
+    verify.set_defaults(handler=_verify)
+
+
+def _bake(args: argparse.Namespace) -> int:
+    from .baking import bake
+    from .weights_file import WeightsError
+
+    if args.out.exists() and not args.overwrite:
+        raise CommandError(f"{args.out} exists; pass --overwrite to replace it")
+    try:
+        out = bake(args.model, args.containers, args.out, concepts=args.concepts, strict=not args.no_strict)
+    except (WeightsError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import conesfmt
+
+    from .fit import check_fits
+    from .weights_file import SafetensorsFile, WeightsError
+
+    container = conesfmt.load(args.container)
+    try:
+        weights = SafetensorsFile(args.model)
+    except WeightsError as error:
+        raise CommandError(str(error)) from None
+    name = args.container.name
+    if container.fingerprint is None:
+        raise CommandError(f"{name} has no fingerprint, so it cannot be checked against a model")
+    check_fits(name, container, weights.shapes, weights.read_values, strict=True)
+    dtypes = sorted({weights.entries[key].dtype for key in container.layers})
+    samples = container.fingerprint.samples_per_layer * len(container.layers)
+    print(
+        f"{name} fits {weights.path}: {len(container.layers)} layers with the same shapes, "
+        f"{samples} sampled weights within tolerance (model dtype {', '.join(dtypes)})"
+    )
+    return 0

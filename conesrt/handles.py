@@ -1,0 +1,153 @@
+"""Applying containers to a model in place, and removing them (the runtime's public verbs).
+
+>>> with conesrt.apply(pipe, ["cat.cones", "lake.cones"]):
+...     image = pipe("a photo of a sks cat by a zwx lake").images[0]
+>>> # the UNet is bit for bit what it was before
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from .fit import check_fits
+from .ledger import LOCK, Shutting, existing_ledger, restore, shut
+from .sources import ContainerLike, load_containers, select_concepts
+from .targets import resolve
+from .torch_model import torch_value_reader
+
+_SERIAL = itertools.count()
+
+
+class Applied(NamedTuple):
+    """One concept applied to a model: where it came from, its name, and its handle."""
+
+    source: str
+    concept: str
+    handle: Handle
+
+
+class Handle:
+    """What :func:`apply` did; ``remove()`` undoes it exactly. A context manager.
+
+    ``remove()`` may be called any number of times. ``saved_bytes`` is the
+    memory the handle keeps: the base values of the entries it shut (in the
+    weights' dtype), the index sets at about 2 bytes per index, and a bit per
+    index.
+    """
+
+    def __init__(self) -> None:
+        self._serial = next(_SERIAL)
+        self._shuttings: list[tuple[weakref.ref, str, Shutting]] = []
+        self._concepts: list[tuple[str, str]] = []
+
+    @property
+    def concepts(self) -> list[tuple[str, str]]:
+        """``(source, concept)`` for each concept this handle applied, in order."""
+        return list(self._concepts)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._shuttings)
+
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes of saved values, compact indices and ownership bits kept by this handle."""
+        return sum(shutting.nbytes for _, _, shutting in self._shuttings)
+
+    def remove(self) -> None:
+        """Restore every entry this handle shut that no other active handle still shuts."""
+        with LOCK:
+            while self._shuttings:
+                tensor_ref, key, shutting = self._shuttings.pop()
+                restore(tensor_ref(), key, shutting)
+            self._concepts.clear()
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        names = ", ".join(f"{concept!r}" for _, concept in self._concepts)
+        return f"<conesrt.Handle {state}: {names}; {self.saved_bytes:,} bytes kept>"
+
+
+def apply(
+    target: Any,
+    containers: ContainerLike | Sequence[ContainerLike],
+    *,
+    concepts: Iterable[str] | None = None,
+    strict: bool = True,
+) -> Handle:
+    """Shut the concept neurons of ``containers`` in ``target``'s weights, in place.
+
+    ``target`` is a torch module (a UNet), a diffusers pipeline (its ``.unet``)
+    or a state dict of tensors. ``containers`` is one or a list of paths,
+    bytes or :class:`conesfmt.Container`; ``concepts`` picks concepts by name
+    inside multi-concept containers (default: all). The weights stay ordinary
+    dense tensors (same objects, any dtype and device): no hooks, no cost at
+    inference, and a ``torch.compile``d model sees the change.
+
+    Everything is checked before the first write: a file that is not a valid
+    container raises :class:`conesfmt.FormatError`; a model of another
+    architecture, or other weights (the container's fingerprint, spec § 4),
+    raises :class:`FingerprintMismatch`. ``strict=False`` applies despite other
+    weights or a missing fingerprint, with a warning (never despite another
+    architecture). If writing fails midway, what was written is undone.
+
+    >>> handle = conesrt.apply(unet, ["cat.cones", "lake.cones"])
+    >>> handle.remove()  # bit for bit as before
+    """
+    with LOCK:
+        tensors = resolve(target)
+        loaded = load_containers(containers)
+        plan = select_concepts(loaded, concepts)
+        shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+        for source, container, _ in plan:
+            check_fits(source, container, shapes, torch_value_reader(tensors), strict)
+        work = [
+            (source, name, key, container.indices(name, key))
+            for source, container, names in plan
+            for name in names
+            for key in container.concepts[name].counts
+        ]
+        for _, _, key, _ in work:
+            if not tensors[key].is_floating_point():
+                raise TypeError(
+                    f"weight {key!r} has dtype {tensors[key].dtype}; only float weights can be shut"
+                )
+        handle = Handle()
+        try:
+            for source, name, key, indices in work:
+                tensor = tensors[key]
+                shutting = shut(tensor, key, indices, (source, name), handle)
+                handle._shuttings.append((weakref.ref(tensor), key, shutting))
+        except BaseException:
+            handle.remove()
+            raise
+        handle._concepts = [(source, name) for source, _, names in plan for name in names]
+        return handle
+
+
+def active(target: Any) -> list[Applied]:
+    """The concepts applied to ``target`` and not yet removed, in the order applied.
+
+    >>> [(a.source, a.concept) for a in conesrt.active(unet)]
+    [('cat.cones', 'cat')]
+    """
+    found: set[tuple[int, str, str]] = set()
+    applied: list[Applied] = []
+    with LOCK:
+        for tensor in resolve(target).values():
+            ledger = existing_ledger(tensor)
+            for shutting in ledger.shuttings if ledger else ():
+                key = (id(shutting.handle), *shutting.label)
+                if key not in found:
+                    found.add(key)
+                    applied.append(Applied(*shutting.label, shutting.handle))
+    return sorted(applied, key=lambda a: (a.handle._serial, a.handle._concepts.index((a.source, a.concept))))

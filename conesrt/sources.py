@@ -1,0 +1,57 @@
+"""Where containers come from: paths, bytes or loaded containers, and which concepts to use.
+
+Shared by :func:`conesrt.apply` and :func:`conesrt.bake`; numpy only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import conesfmt
+
+ContainerLike = str | os.PathLike[str] | bytes | bytearray | memoryview | conesfmt.Container
+
+
+def load_containers(
+    containers: ContainerLike | Sequence[ContainerLike],
+) -> list[tuple[str, conesfmt.Container]]:
+    """``(source label, container)`` for each input; a bad file raises FormatError naming it."""
+    if isinstance(containers, (str, os.PathLike, bytes, bytearray, memoryview, conesfmt.Container)):
+        containers = [containers]
+    loaded = []
+    for number, item in enumerate(containers):
+        if isinstance(item, conesfmt.Container):
+            loaded.append((f"container #{number}", item))
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            try:
+                loaded.append((f"container #{number}", conesfmt.Container.from_bytes(item)))
+            except conesfmt.FormatError as error:
+                raise conesfmt.FormatError(f"container #{number}: {error}") from None
+        elif isinstance(item, (str, os.PathLike)):
+            loaded.append((Path(item).name, conesfmt.load(item)))
+        else:
+            raise TypeError(
+                f"container #{number}: expected a path, bytes or conesfmt.Container, "
+                f"got {type(item).__name__}"
+            )
+    return loaded
+
+
+def select_concepts(
+    loaded: list[tuple[str, conesfmt.Container]], concepts: Iterable[str] | None
+) -> list[tuple[str, conesfmt.Container, list[str]]]:
+    """The concepts to use from each container: all, or those named (each must exist somewhere)."""
+    if concepts is None:
+        return [(source, container, list(container.concepts)) for source, container in loaded]
+    wanted = list(dict.fromkeys([concepts] if isinstance(concepts, str) else concepts))
+    plan = [
+        (source, container, [n for n in container.concepts if n in wanted]) for source, container in loaded
+    ]
+    found = {name for _, _, names in plan for name in names}
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        available = sorted({n for _, c in loaded for n in c.concepts})
+        raise ValueError(f"no concept {missing[0]!r} in the given containers (they have {available})")
+    return plan

@@ -1,0 +1,105 @@
+"""Baking with numpy only: the output loads in diffusers and equals apply bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+import conesfmt
+import conesrt
+from tests.conesrt.helpers import assert_bit_identical, random_container, snapshot
+from tests.conesrt.test_apply import noisy
+from tests.tiny_models import tiny_unet
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+CONES = str(Path(sys.executable).parent / "cones")
+
+
+def saved_unet(folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    tiny_unet(seed=seed, dtype=dtype).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_baked_file_equals_apply_bit_for_bit(tmp_path: Path, dtype: torch.dtype) -> None:
+    model = saved_unet(tmp_path / "unet", dtype)
+    unet = UNet2DConditionModel.from_pretrained(model, torch_dtype=dtype)
+    containers = [random_container(unet, seed=s, names=(f"c{s}",)) for s in (1, 2)]
+    paths = [conesfmt.save(c, tmp_path / f"c{n}.cones") for n, c in enumerate(containers)]
+
+    baked_folder = tmp_path / "baked"
+    baked_folder.mkdir()
+    (baked_folder / "config.json").write_bytes((model / "config.json").read_bytes())
+    out = conesrt.bake(model, paths, baked_folder / WEIGHTS)
+    assert out == baked_folder / WEIGHTS
+
+    with conesrt.apply(unet, paths):
+        applied = snapshot(unet)
+    baked = UNet2DConditionModel.from_pretrained(baked_folder, torch_dtype=dtype)
+    assert_bit_identical(baked, applied)
+
+
+def test_bake_imports_no_torch(tmp_path: Path) -> None:
+    model = saved_unet(tmp_path / "unet")
+    container = conesfmt.save(random_container(tiny_unet(seed=0), seed=3), tmp_path / "c.cones")
+    code = (
+        "import sys, conesrt\n"
+        f"conesrt.bake({str(model)!r}, [{str(container)!r}], {str(tmp_path / 'out.safetensors')!r})\n"
+        "assert 'torch' not in sys.modules, 'baking imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.safetensors").exists()
+
+
+def test_bake_checks_the_fingerprint_and_writes_nothing_on_failure(tmp_path: Path) -> None:
+    model = saved_unet(tmp_path / "unet", seed=1)  # another init than the container's model
+    container = random_container(tiny_unet(seed=0), seed=4)
+    with pytest.raises(conesrt.FingerprintMismatch, match="other weights"):
+        conesrt.bake(model, [container], tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet"]
+
+
+def test_bake_from_a_pipeline_folder_in_place(tmp_path: Path) -> None:
+    model = saved_unet(tmp_path / "pipe" / "unet")
+    unet = UNet2DConditionModel.from_pretrained(model)
+    container = random_container(unet, seed=5)
+    with conesrt.apply(unet, container):
+        applied = snapshot(unet)
+    conesrt.bake(tmp_path / "pipe", [container], model / WEIGHTS)  # replaces the file atomically
+    assert_bit_identical(UNet2DConditionModel.from_pretrained(model), applied)
+
+
+def cones(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CONES, *args], capture_output=True, text=True)
+
+
+def test_cones_bake_and_verify(tmp_path: Path) -> None:
+    model = saved_unet(tmp_path / "unet")
+    container = conesfmt.save(random_container(tiny_unet(seed=0), seed=6), tmp_path / "cat.cones")
+    out = tmp_path / "baked.safetensors"
+
+    result = cones("bake", str(container), "--model", str(model), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}")
+    result = cones("bake", str(container), "--model", str(model), "--out", str(out))
+    assert result.returncode == 1 and "exists; pass --overwrite" in result.stderr
+
+    result = cones("verify", str(container), "--model", str(model))
+    assert result.returncode == 0, result.stderr
+    assert "cat.cones fits" in result.stdout and "14 layers" in result.stdout
+
+    other = tmp_path / "other"
+    noisy(tiny_unet(seed=0), 0.01).save_pretrained(other)
+    result = cones("verify", str(container), "--model", str(other))
+    assert result.returncode == 1
+    assert result.stderr.startswith("cones verify: error: cat.cones does not fit this model")
+    assert "sampled weights differ" in result.stderr and "Traceback" not in result.stderr
+
+    result = cones("verify", str(container), "--model", str(tmp_path / "nowhere"))
+    assert result.returncode == 1 and "no such file or folder" in result.stderr
