@@ -27,7 +27,7 @@ from .jsonform import to_json
 from .summary import summarize
 
 #: Modules that contribute subcommands, in the order of ``cones --help``.
-COMMAND_MODULES = ("conesfmt.cli", "conesrt.cli")
+COMMAND_MODULES = ("conesfmt.cli", "conesrt.cli", "trainer.cli")
 
 
 class CommandError(Exception):

@@ -1,0 +1,108 @@
+"""cones train / trainer.train_concept on a tiny model: the method works, deterministically."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import conesfmt
+import conesrt
+from tests.trainer.conftest import train_options
+from trainer import TrainConfig, train_concept
+from trainer.base_model import load_base_model
+from trainer.evaluate import loss_with, random_like
+from trainer.train import prepare_subject
+
+CONES = str(Path(sys.executable).parent / "cones")
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory) -> Path:
+    """``cones train`` end to end, in a subprocess, as a user would run it."""
+    out = tmp_path_factory.mktemp("train") / "red.cones"
+    options = train_options(world)
+    command = [
+        CONES,
+        "train",
+        "--model",
+        str(world["model"]),
+        "--images",
+        str(world["red"]),
+        "--class-word",
+        "square",
+    ]
+    command += ["--sparsity", "0.02", "--steps", "40", "--lr", "1e-3", "--resolution", "32"]
+    command += ["--num-class-images", "4", "--class-image-steps", "2", "--class-images", str(world["prior"])]
+    command += ["--device", "cpu", "--out", str(out)]
+    assert options["steps"] == 40  # the same settings the API tests use
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 60, f"cones train took {elapsed:.0f} s"
+    assert "concept 'sks square'" in result.stdout and "s/step" in result.stdout
+    return out
+
+
+def test_train_writes_a_container_and_a_loss_log(trained: Path) -> None:
+    container = conesfmt.load(trained)
+    (concept,) = container.concepts.values()
+    assert concept.trigger == "sks" and concept.class_word == "square"
+    assert (
+        concept.metadata["prompt"] == "photo of a sks square" and concept.metadata["method"] == "xi-descent"
+    )
+    assert container.fingerprint is not None
+    assert all(key.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for key in container.layers)
+    assert concept.total == round(0.02 * container.numel)
+    log = trained.with_suffix(".loss.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss,") and len(log) == 41
+
+
+def test_found_neurons_lower_the_held_out_loss(world, trained: Path) -> None:
+    config = TrainConfig(**train_options(world, out=trained))
+    base = load_base_model(world["model"], torch.device("cpu"), torch.float32)
+    subject = prepare_subject(
+        base, "red", world["red"], config.instance_prompt, config.prior_prompt, config, world["prior"]
+    )
+    container = conesfmt.load(trained)
+    evaluate = dict(subjects=[subject], scheduler=base.noise_scheduler, seed=777, batches=12)
+    base_loss = loss_with(base.unet, None, **evaluate)
+    found = loss_with(base.unet, container, **evaluate)
+    controls = [loss_with(base.unet, random_like(container, seed), **evaluate) for seed in range(4)]
+    assert found < base_loss, (found, base_loss)
+    assert found < min(controls), (found, controls)
+    # and clearly so: by more than the spread of the random controls
+    assert min(controls) - found > 2 * (max(controls) - min(controls)), (found, controls)
+
+
+def test_the_same_seed_gives_the_same_mask(world, trained: Path, tmp_path: Path) -> None:
+    again = train_concept(**train_options(world, out=tmp_path / "again.cones"))
+    first = conesfmt.load(trained)
+    assert again.container.concepts["sks square"] == first.concepts["sks square"]
+    other = train_concept(**train_options(world, out=tmp_path / "other.cones", seed=1))
+    assert other.container.concepts["sks square"] != first.concepts["sks square"]
+
+
+def test_keep_shut_trains_beside_another_concept(world, trained: Path, tmp_path: Path) -> None:
+    base = load_base_model(world["model"], torch.device("cpu"), torch.float32)
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    second = train_concept(
+        **train_options(
+            world, images=world["blue"], token="zwx", keep_shut=[trained], out=tmp_path / "blue.cones"
+        )
+    )
+    first = conesfmt.load(trained)
+    # The first concept's entries were zero during the search, so none of them is chosen again.
+    for key, indices in first.concepts["sks square"].indices.items():
+        assert not np.isin(second.container.indices("sks square".replace("sks", "zwx"), key), indices).any()
+    # The second container fits the base model, alone or with the first.
+    with conesrt.apply(base.unet, [first, second.container]):
+        pass
+    assert all(torch.equal(v, before[k]) for k, v in base.unet.state_dict().items())
+    assert "red.cones" in second.container.concepts["zwx square"].metadata["training"]

@@ -1,0 +1,115 @@
+"""``cones train``: the trainer's subcommands (argument parsing only; torch loads on use).
+
+cones train --model sd15 --images my-cat/ --token sks --class-word cat --sparsity 0.01 --out cat.cones
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import UsageError
+
+#: Exceptions the ``cones`` command reports as one line (see conesfmt.cli).
+USER_ERRORS = (UsageError,)
+
+
+def add_search_options(parser: argparse.ArgumentParser, steps: int, lr: float) -> None:
+    """Options shared by ``train`` and ``refine``: the model, the descent, the hardware."""
+    parser.add_argument("--model", required=True, type=Path, help="local diffusers SD 1.x/2.x folder")
+    parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps K (default {steps})")
+    parser.add_argument(
+        "--lr", type=float, default=lr, help=f"step rho of the descent on xi (default {lr:g})"
+    )
+    # Exactly one of the two; TrainConfig.validate checks it, for a one-line error.
+    parser.add_argument("--tau", type=float, help="threshold: shut entries with xi < 1 - lr*tau (eq. A20)")
+    parser.add_argument(
+        "--sparsity", type=float, help="shut this fraction of the searched entries, e.g. 0.01"
+    )
+    parser.add_argument(
+        "--prior-weight", type=float, default=1.0, help="lambda of the prior loss (default 1)"
+    )
+    parser.add_argument(
+        "--num-class-images", type=int, default=100, help="prior images per class (default 100)"
+    )
+    parser.add_argument("--class-image-steps", type=int, default=25, help="sampling steps for prior images")
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="subject images per step, and as many prior"
+    )
+    parser.add_argument("--resolution", type=int, default=512, help="pixels; images are resized and cropped")
+    parser.add_argument("--no-flip", dest="flip", action="store_false", help="no mirror-image augmentation")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cuda or cpu (default auto)")
+    parser.add_argument("--out", "-o", required=True, type=Path, help="the .cones file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``."""
+    train = subparsers.add_parser(
+        "train",
+        help="find a subject's concept neurons (xi-descent) and write a .cones file",
+        description="Find the concept neurons of one subject in a Stable Diffusion model with "
+        "xi-descent (Cones, Algorithm A2) and write them as a .cones container. Prompts are "
+        '"photo of a TOKEN CLASS" and, for the prior, "photo of a CLASS".',
+    )
+    train.add_argument("--images", required=True, type=Path, help="folder of the subject's images")
+    train.add_argument("--token", default="sks", help="the rare token that names the subject (default sks)")
+    train.add_argument("--class-word", default="", help="the subject's class, e.g. cat")
+    train.add_argument("--prompt", help='instance prompt (default "photo of a TOKEN CLASS")')
+    train.add_argument("--class-prompt", help='prior prompt (default "photo of a CLASS")')
+    train.add_argument("--class-images", type=Path, help="prior images; missing ones are generated into it")
+    train.add_argument("--layers", default="cross", help="cross (default), self, cross+self, or globs")
+    train.add_argument("--name", help='the concept\'s name (default "TOKEN CLASS")')
+    train.add_argument(
+        "--keep-shut",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="OTHER.cones",
+        help="train while another container's neurons are shut (sequential training)",
+    )
+    add_search_options(train, steps=1000, lr=2e-5)
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+
+    config = TrainConfig(
+        model=args.model,
+        images=args.images,
+        token=args.token,
+        class_word=args.class_word,
+        out=args.out,
+        prompt=args.prompt,
+        class_prompt=args.class_prompt,
+        class_images=args.class_images,
+        num_class_images=args.num_class_images,
+        class_image_steps=args.class_image_steps,
+        prior_weight=args.prior_weight,
+        steps=args.steps,
+        lr=args.lr,
+        tau=args.tau,
+        sparsity=args.sparsity,
+        layers=args.layers,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        flip=args.flip,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        device=args.device,
+        name=args.name,
+        keep_shut=args.keep_shut,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    config.validate()  # before importing torch: a typo costs a second, not the imports
+    from .train import train_concept
+
+    train_concept(config)
+    return 0

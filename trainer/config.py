@@ -1,0 +1,206 @@
+"""Settings of a concept-neuron search, as plain values, and their cheap checks.
+
+Everything a run needs is here; :func:`TrainConfig.validate` checks what can be
+checked without loading a model (files, folders, option combinations), so bad
+input fails in a second with one clear line.
+
+>>> config = TrainConfig(model="sd15", images="cat/", token="sks", class_word="cat",
+...                      sparsity=0.01, out="cat.cones")
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+#: Layer sets by name; anything else given to --layers is a comma-separated list of globs.
+LAYER_PRESETS = {
+    "cross": ("*attn2.to_k.weight", "*attn2.to_v.weight"),  # the paper's default (sec. 3.1)
+    "self": ("*attn1.to_k.weight", "*attn1.to_v.weight"),
+    "cross+self": ("*attn2.to_k.weight", "*attn2.to_v.weight", "*attn1.to_k.weight", "*attn1.to_v.weight"),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class TrainConfig:
+    """One search for the concept neurons of a subject (Algorithm A2).
+
+    Units: ``steps`` are gradient steps K; ``lr`` is rho, the plain
+    gradient-descent step on xi; ``tau`` is in units of the accumulated
+    ``theta * dL/dtheta`` (eq. 9); ``sparsity`` is a fraction of the searched
+    entries; ``resolution`` in pixels; ``batch_size`` subject images per step
+    (and as many prior images).
+    """
+
+    model: str | Path
+    images: str | Path
+    token: str = "sks"
+    class_word: str = ""
+    out: str | Path = ""
+    prompt: str | None = None  # default: "photo of a {token} {class_word}"
+    class_prompt: str | None = None  # default: "photo of a {class_word}"
+    class_images: str | Path | None = None
+    num_class_images: int = 100
+    class_image_steps: int = 25
+    prior_weight: float = 1.0
+    steps: int = 1000
+    lr: float = 2e-5
+    tau: float | None = None
+    sparsity: float | None = None
+    layers: str = "cross"
+    batch_size: int = 2
+    resolution: int = 512
+    flip: bool = True
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    device: str = "auto"
+    name: str | None = None  # default: "{token} {class_word}"
+    keep_shut: list[str | Path] = field(default_factory=list)
+    overwrite: bool = False
+    progress: bool = True
+
+    @property
+    def instance_prompt(self) -> str:
+        return self.prompt or f"photo of a {self.token} {self.class_word}".strip()
+
+    @property
+    def prior_prompt(self) -> str:
+        return self.class_prompt or f"photo of a {self.class_word}".strip()
+
+    @property
+    def concept_name(self) -> str:
+        return self.name or f"{self.token} {self.class_word}".strip()
+
+    def settings(self) -> dict:
+        """What the container records about how the concept was made."""
+        recorded = asdict(self)
+        for key in ("model", "images", "out", "class_images", "overwrite", "progress", "device", "name"):
+            recorded.pop(key)
+        recorded["keep_shut"] = [Path(p).name for p in self.keep_shut]
+        return recorded
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` on anything wrong that needs no model to see."""
+        check_model_folder(self.model)
+        image_files(self.images)
+        if not self.class_word and not (self.prompt and (self.class_prompt or self.prior_weight == 0)):
+            raise UsageError("give --class-word (or both --prompt and --class-prompt)")
+        check_selection(self.tau, self.sparsity)
+        check_out(self.out, self.overwrite)
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "resolution": self.resolution}
+        for option, value in positive.items():
+            if value < 1:
+                raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        if self.resolution % 8:
+            raise UsageError(
+                f"--resolution must be a multiple of 8 (the VAE's stride), got {self.resolution}"
+            )
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.prior_weight < 0:
+            raise UsageError(f"--prior-weight must be >= 0, got {self.prior_weight}")
+        if self.prior_weight > 0 and self.class_images is None and self.num_class_images < 1:
+            raise UsageError("prior preservation needs --class-images DIR or --num-class-images N >= 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UsageError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for path in self.keep_shut:
+            if not Path(path).is_file():
+                raise UsageError(f"--keep-shut {path}: no such file")
+        select_layers(unet_keys(self.model), self.layers)
+
+
+def check_model_folder(model: str | Path) -> Path:
+    """A local diffusers Stable Diffusion folder with every part the trainer needs."""
+    folder = Path(model)
+    if not folder.is_dir():
+        raise UsageError(f"--model {folder}: no such folder (a local diffusers Stable Diffusion folder)")
+    missing = [part for part in MODEL_PARTS if not (folder / part).is_dir()]
+    if missing:
+        parts = ", ".join(MODEL_PARTS)
+        raise UsageError(
+            f"--model {folder}: missing {', '.join(missing)} (a diffusers SD folder has {parts})"
+        )
+    return folder
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The images of a folder (sorted), each opened and verified."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise UsageError(f"{path}: cannot read this image ({error})") from None
+    return files
+
+
+def check_selection(tau: float | None, sparsity: float | None) -> None:
+    if (tau is None) == (sparsity is None):
+        raise UsageError(
+            "give exactly one of --tau (threshold, eq. A20) and --sparsity (fraction of entries to shut)"
+        )
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise UsageError(f"--sparsity is a fraction in (0, 1), got {sparsity}")
+    if tau is not None and tau <= 0:
+        raise UsageError(f"--tau must be positive (Algorithm 1), got {tau}")
+
+
+def check_out(out: str | Path, overwrite: bool) -> Path:
+    if not out:
+        raise UsageError("give --out FILE.cones")
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    if not path.parent.exists():
+        raise UsageError(f"{path.parent}: no such folder for --out")
+    return path
+
+
+def select_layers(keys: Iterable[str], layers: str) -> list[str]:
+    """The state-dict keys a layer preset or comma-separated globs select (in model order)."""
+    patterns = LAYER_PRESETS.get(layers) or tuple(p.strip() for p in layers.split(",") if p.strip())
+    chosen = [key for key in keys if any(fnmatch.fnmatchcase(key, p) for p in patterns)]
+    if not chosen:
+        raise UsageError(
+            f"--layers {layers!r} matches no weight of this UNet (presets: {', '.join(LAYER_PRESETS)})"
+        )
+    return chosen
+
+
+def unet_keys(model: str | Path) -> list[str]:
+    """The UNet's state-dict keys, without loading its weights.
+
+    From the safetensors header when there is one (no torch needed, instant),
+    else by building the UNet from its config on the meta device.
+    """
+    folder = check_model_folder(model)
+    weights = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors"))
+    if weights:
+        from safetensors import safe_open
+
+        keys: list[str] = []
+        for path in weights:
+            with safe_open(path, framework="numpy") as handle:
+                keys += list(handle.keys())
+        return keys
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    return list(unet.state_dict())

@@ -1,0 +1,204 @@
+"""``train_concept``: find a subject's concept neurons and write them as a ``.cones`` file.
+
+>>> result = trainer.train_concept(model="sd15", images="my-cat/", token="sks", class_word="cat",
+...                                sparsity=0.01, steps=1000, out="cat.cones")
+>>> result.report["sparsity"], result.path
+(0.01, PosixPath('cat.cones'))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+import conesfmt
+import conesrt
+
+from .base_model import BaseModel, load_base_model
+from .config import TrainConfig, image_files, select_layers, unet_keys
+from .data import class_image_folder, encode_images, encode_prompt, ensure_class_images
+from .errors import UsageError
+from .loop import DescentLog, run_descent
+from .objective import Subject
+from .report import format_report, make_report, peak_memory_bytes
+from .xi import ConceptNeuronSearch, neurons_by_sparsity, neurons_by_threshold
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the container (also written to ``path``), its summary, the loss log."""
+
+    path: Path
+    container: conesfmt.Container
+    report: dict[str, Any]
+    log: DescentLog
+
+    @property
+    def neurons(self) -> dict[str, np.ndarray]:
+        (concept,) = self.container.concepts.values()
+        return dict(concept.indices)
+
+
+def make_accelerator(device: str, mixed_precision: str) -> Accelerator:
+    """``device``: ``auto`` (CUDA when there is one), ``cuda`` or ``cpu``. Under
+    ``accelerate launch`` the launcher's settings decide the devices."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(
+            f"--device must be auto, cuda or cpu, got {device!r} (pick a GPU with CUDA_VISIBLE_DEVICES)"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but torch sees no CUDA device")
+    if mixed_precision == "fp16" and (device == "cpu" or not torch.cuda.is_available()):
+        raise UsageError("--mixed-precision fp16 needs a CUDA device (use bf16 on CPU)")
+    # accelerate keeps one AcceleratorState per process; a second run in the same process
+    # (a notebook, a benchmark) may want another precision. The distributed state is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+
+
+def prepare_subject(
+    base: BaseModel,
+    name: str,
+    images: str | Path,
+    instance_prompt: str,
+    prior_prompt: str,
+    config: TrainConfig,
+    class_images: str | Path | None,
+    main_process: bool = True,
+) -> Subject:
+    """Encode a subject's images and prompts, and its prior's (generating prior images if needed)."""
+    bank = encode_images(base, image_files(images), config.resolution, config.flip)
+    subject = Subject(name, bank, encode_prompt(base, instance_prompt), prior_weight=config.prior_weight)
+    if config.prior_weight > 0:
+        folder = class_image_folder(base, prior_prompt, config.resolution, config.seed, class_images)
+        if main_process:
+            paths = ensure_class_images(
+                base,
+                folder,
+                prior_prompt,
+                config.num_class_images,
+                config.resolution,
+                config.class_image_steps,
+                config.seed,
+                progress=config.progress,
+            )
+        else:
+            paths = image_files(folder)[: config.num_class_images]
+        subject.prior = encode_images(base, paths, config.resolution, config.flip)
+        subject.prior_embedding = encode_prompt(base, prior_prompt)
+    return subject
+
+
+def select_neurons(
+    search: ConceptNeuronSearch, config: TrainConfig
+) -> tuple[dict[str, np.ndarray], int | None]:
+    deltas = search.deltas()
+    if config.tau is not None:
+        return neurons_by_threshold(deltas, config.lr, config.tau), None
+    return neurons_by_sparsity(deltas, config.sparsity)
+
+
+def build_container(
+    base: BaseModel,
+    keys: list[str],
+    name: str,
+    neurons: dict[str, np.ndarray],
+    metadata: dict[str, str],
+) -> conesfmt.Container:
+    """One concept over the searched layers, with the base model's fingerprint (spec § 4)."""
+    return conesfmt.Container(
+        conesrt.layer_table(base.unet, keys),
+        {name: conesfmt.Concept(neurons, metadata)},
+        conesrt.fingerprint(base.unet, keys),
+        {"created_by": f"cones {conesfmt.__version__}", "base_model": base.name},
+    )
+
+
+def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainResult:
+    """Find the concept neurons of one subject (Algorithm A2) and write a container.
+
+    Takes a :class:`TrainConfig` or its fields as keywords. Raises
+    :class:`UsageError` on bad input before any heavy work. Writes
+    ``config.out`` atomically, and the loss per step beside it
+    (``NAME.loss.csv``); prints a summary unless ``progress=False``.
+    """
+    config = config or TrainConfig(**options)
+    config.validate()
+    started = time.perf_counter()
+    keys = select_layers(unet_keys(config.model), config.layers)
+    accelerator = make_accelerator(config.device, config.mixed_precision)
+    torch.manual_seed(config.seed)
+    base = load_base_model(config.model, accelerator.device, WEIGHT_DTYPES[config.mixed_precision])
+    if config.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+    keep_shut = conesrt.apply(base.unet, config.keep_shut) if config.keep_shut else None
+    try:
+        subject = prepare_subject(
+            base,
+            config.concept_name,
+            config.images,
+            config.instance_prompt,
+            config.prior_prompt,
+            config,
+            config.class_images,
+            accelerator.is_main_process,
+        )
+        search = ConceptNeuronSearch(base.unet, keys)
+        log = run_descent(
+            search,
+            [subject],
+            base.noise_scheduler,
+            steps=config.steps,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            accelerator=accelerator,
+            progress=config.progress,
+        )
+        neurons, wanted = select_neurons(search, config)
+        settings = config.settings() | {
+            "subject_images": len(subject.instance),
+            "prior_images": len(subject.prior or ()),
+        }
+        metadata = {
+            "trigger": config.token,
+            "class_word": config.class_word,
+            "prompt": config.instance_prompt,
+            "class_prompt": config.prior_prompt,
+            "method": "xi-descent",
+            "training": json.dumps(settings, sort_keys=True),
+            "base_model": base.name,
+        }
+        container = build_container(base, keys, config.concept_name, neurons, metadata)
+    finally:
+        if keep_shut is not None:
+            keep_shut.remove()
+    out = Path(config.out)
+    if accelerator.is_main_process:
+        conesfmt.save(container, out)
+        log.write_csv(out.with_suffix(".loss.csv"))
+    accelerator.wait_for_everyone()
+    numels = {key: layer.numel for key, layer in container.layers.items()}
+    report = make_report(
+        neurons,
+        numels,
+        out.stat().st_size if out.exists() else len(container.to_bytes()),
+        log.seconds_per_step,
+        time.perf_counter() - started,
+        peak_memory_bytes(accelerator.device),
+        wanted,
+    )
+    if config.progress and accelerator.is_main_process:
+        print(format_report(report, f"concept {config.concept_name!r} -> {out}"))
+    return TrainResult(out, container, report, log)

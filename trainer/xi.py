@@ -1,0 +1,104 @@
+"""Concept neurons by xi-descent (paper Algorithm A2, eq. A12-A20).
+
+Each searched weight is written ``xi * theta`` with ``theta`` frozen and ``xi``
+starting at 1; K steps of plain gradient descent on ``xi`` with step ``rho``
+follow, and the concept neurons are the entries with ``xi_K < 1 - rho * tau``
+(eq. A20), or, for a target sparsity, the ``k`` entries with the smallest xi.
+
+We store ``delta = 1 - xi`` rather than xi. The two are the same algorithm,
+but ``rho * theta * dL/dtheta`` is about 1e-10 per step for SD-scale weights
+while float32 spaces numbers just below 1.0 by 6e-8: a float32 xi would
+never move. ``delta`` starts at 0, where float32 resolves such steps exactly.
+Then ``M_p = delta / rho`` (eq. A19) and the rule is ``delta > rho * tau``.
+
+>>> search = ConceptNeuronSearch(unet, keys)
+>>> prediction = search(noisy_latents, timesteps, text_embeddings)   # UNet with xi * theta
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+
+class ConceptNeuronSearch(torch.nn.Module):
+    """The UNet with ``theta * (1 - delta)`` in place of each searched weight.
+
+    Only ``delta`` (float32, one per searched entry) is a parameter; the UNet
+    is held but not registered as a submodule, so it is never trained, never
+    cast, and never synchronised between processes. ``trainable`` restricts
+    the search to given entries (joint refine, sec. 3.3): elsewhere the
+    gradient is zeroed, so delta stays 0 (xi stays 1).
+    """
+
+    def __init__(
+        self, unet: torch.nn.Module, keys: Sequence[str], trainable: Mapping[str, torch.Tensor] | None = None
+    ):
+        super().__init__()
+        object.__setattr__(self, "unet", unet)
+        self.keys = list(keys)
+        weights = unet.state_dict(keep_vars=True)
+        object.__setattr__(self, "thetas", [weights[key] for key in self.keys])  # frozen, not registered
+        self.delta = torch.nn.ParameterList(
+            torch.nn.Parameter(
+                torch.zeros(weights[key].shape, dtype=torch.float32, device=weights[key].device)
+            )
+            for key in self.keys
+        )
+        if trainable is not None:
+            for key, delta in zip(self.keys, self.delta, strict=True):
+                mask = trainable[key].to(delta.device, torch.float32)
+                self.register_buffer(f"_trainable_{len(self._buffers)}", mask, persistent=False)
+                delta.register_hook(lambda grad, mask=mask: grad * mask)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        # eq. A12: gamma = xi * theta, with xi = 1 - delta; dL/d(delta) = -theta * dL/dgamma (A13).
+        replaced = {
+            key: theta * (1 - delta)
+            for key, theta, delta in zip(self.keys, self.thetas, self.delta, strict=True)
+        }
+        return functional_call(
+            self.unet, replaced, (noisy, timesteps), {"encoder_hidden_states": embeddings}
+        ).sample
+
+    def deltas(self) -> dict[str, np.ndarray]:
+        """``1 - xi`` per searched weight, as float32 numpy arrays (flattened)."""
+        return {
+            key: delta.detach().float().cpu().numpy().reshape(-1)
+            for key, delta in zip(self.keys, self.delta, strict=True)
+        }
+
+
+def neurons_by_threshold(deltas: Mapping[str, np.ndarray], rho: float, tau: float) -> dict[str, np.ndarray]:
+    """Eq. A20: entries with ``xi < 1 - rho * tau``, i.e. ``delta > rho * tau``."""
+    return {key: np.flatnonzero(delta > rho * tau) for key, delta in deltas.items()}
+
+
+def neurons_by_sparsity(
+    deltas: Mapping[str, np.ndarray], fraction: float
+) -> tuple[dict[str, np.ndarray], int]:
+    """The ``round(fraction * N)`` entries with the smallest xi (largest delta), among those below 1.
+
+    Entries whose xi did not go below 1 are never chosen (shutting them would
+    raise the loss, eq. 7), so fewer may be returned; the second value is how
+    many were asked for. Ties break by layer order, then index: deterministic.
+    """
+    keys = list(deltas)
+    flat = np.concatenate([deltas[key] for key in keys]) if keys else np.zeros(0, np.float32)
+    wanted = int(round(fraction * flat.size))
+    candidates = np.flatnonzero(flat > 0)
+    if candidates.size > wanted:
+        values = flat[candidates]
+        cut = np.partition(values, candidates.size - wanted)[candidates.size - wanted]  # the k-th largest
+        above = candidates[values > cut]
+        ties = candidates[values == cut][: wanted - above.size]  # lowest positions first
+        candidates = np.sort(np.concatenate([above, ties]))
+    starts = np.cumsum([0] + [deltas[key].size for key in keys])
+    chosen = {}
+    for number, key in enumerate(keys):
+        lo, hi = np.searchsorted(candidates, [starts[number], starts[number + 1]])
+        chosen[key] = candidates[lo:hi] - starts[number]
+    return chosen, wanted
