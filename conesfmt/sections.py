@@ -109,6 +109,8 @@ def decode(data: bytes | bytearray | memoryview) -> Container:
     minor = _read_preamble(data)
     # A file of a newer minor may append fields to known sections (spec § 2.4).
     extension = minor > FORMAT_VERSION[1]
+    # Decoded indices kept while validating: at most 8 bytes per file byte, plus 4 MiB.
+    budget = [8 * len(data) + (4 << 20)]
     layers: dict[str, Layer] | None = None
     fingerprint: Fingerprint | None = None
     metadata: dict[str, str] = {}
@@ -140,7 +142,7 @@ def decode(data: bytes | bytearray | memoryview) -> Container:
             elif tag == TAG_CONCEPT:
                 if len(concepts) == MAX_CONCEPTS:
                     raise FormatError(f"{label}: more than {MAX_CONCEPTS} concepts")
-                name, concept = _read_concept(reader, layers)
+                name, concept = _read_concept(reader, layers, budget)
                 if name in concepts:
                     raise FormatError(f"{label}: duplicate concept name {name!r}")
                 concepts[name] = concept
@@ -231,7 +233,8 @@ def _read_fingerprint(reader: FieldReader, layers: dict[str, Layer]) -> Fingerpr
     return Fingerprint({key: values[n].astype(np.float32) for n, key in enumerate(layers)})
 
 
-def _read_concept(reader: FieldReader, layers: dict[str, Layer]) -> tuple[str, Concept]:
+def _read_concept(reader: FieldReader, layers: dict[str, Layer], budget: list[int]) -> tuple[str, Concept]:
+    """One CNPT payload; ``budget`` is how many bytes of decoded indices may still be kept."""
     name = reader.str16("concept name", min_bytes=1, max_bytes=MAX_NAME_BYTES)
     reader.where = f"{reader.where}, concept {name!r}"
     metadata = reader.map("metadata")
@@ -265,18 +268,25 @@ def _read_concept(reader: FieldReader, layers: dict[str, Layer]) -> tuple[str, C
 
     sizes = [(layers[key].numel, count) for key, count in entries]
     labels = [f"{reader.where}, layer {key!r}" for key, _ in entries]
-    for _ in iter_index_blocks(frames, sizes, reader.where, labels):
-        pass  # validation only; indices are materialised on first use
 
-    def load() -> dict[str, np.ndarray]:
-        arrays = {key: np.empty(count, dtype=np.int64) for key, count in entries}
-        filled = dict.fromkeys(arrays, 0)
+    def decode(validate_only: bool) -> dict[str, np.ndarray]:
+        arrays = {} if validate_only else {key: np.empty(count, dtype=np.int64) for key, count in entries}
+        filled = [0] * len(entries)
         for number, block in iter_index_blocks(frames, sizes, reader.where, labels):
-            key = entries[number][0]
-            arrays[key][filled[key] : filled[key] + block.size] = block
-            filled[key] += block.size
+            if not validate_only:
+                arrays[entries[number][0]][filled[number] : filled[number] + block.size] = block
+            filled[number] += block.size
         for array in arrays.values():
             array.flags.writeable = False
         return arrays
 
-    return name, Concept._lazy(metadata, dict(entries), load)
+    # Validate now. Keep what is decoded if it fits the budget (one pass instead of
+    # two for ordinary files); otherwise decode again on first use, so a small file
+    # that describes many indices cannot make this allocate much (spec § 8).
+    needed = 8 * sum(count for _, count in entries)
+    if needed <= budget[0]:
+        budget[0] -= needed
+        arrays = decode(validate_only=False)
+        return name, Concept._lazy(metadata, dict(entries), lambda: arrays)
+    decode(validate_only=True)
+    return name, Concept._lazy(metadata, dict(entries), lambda: decode(validate_only=False))

@@ -26,6 +26,7 @@ owns, in the weight's own dtype and device.
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -146,11 +147,12 @@ def shut(
     """Shut ``indices`` (sorted int64, validated) of ``tensor`` and record it in its ledger."""
     ledger = ledger_for(tensor, key)
     weights = flat(tensor, key)
-    positions = torch.tensor(indices, device=weights.device)  # a copy: container arrays are read-only
+    positions = _as_index(indices, weights.device)
     with torch.no_grad():
         values = weights.index_select(0, positions)
         owned = values.view(_BITS[values.element_size()]) != 0
-        saved = values[owned]
+        # The first shutting of a weight owns everything it shuts: no selection needed.
+        saved = values if bool(owned.all()) else values[owned]
         weights.index_fill_(0, positions, 0)
     shutting = Shutting(
         label,
@@ -161,6 +163,17 @@ def shut(
     )
     ledger.shuttings.append(shutting)
     return shutting
+
+
+def _as_index(indices: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Indices as a torch tensor on ``device``, without copying a read-only numpy array on CPU.
+
+    Container arrays are read-only; torch warns that it cannot protect them, but
+    indices are only ever read here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(indices).to(device)
 
 
 def restore(tensor: torch.Tensor | None, key: str, shutting: Shutting) -> None:
@@ -200,7 +213,7 @@ def _first_cover(entries: np.ndarray, others: list[Shutting], numel: int) -> np.
     cover = np.full(entries.size, -1, dtype=np.int64)
     if numel <= 1 << 28 and len(others) < 1 << 15:
         # A transient table over the layer: one pass per shutting, no sorting.
-        table = np.full(numel, -1, dtype=np.int16)
+        table = np.full(numel, -1, dtype=np.int8 if len(others) < 127 else np.int16)
         for number in range(len(others) - 1, -1, -1):
             table[others[number].indices.decode()] = number
         return table[entries].astype(np.int64)
