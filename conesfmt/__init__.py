@@ -14,6 +14,7 @@ from .container import FORMAT_VERSION, Concept, Container, Layer
 from .errors import FormatError
 from .files import load, save
 from .fingerprint import Fingerprint
+from .merge import merge
 
 __all__ = [
     "FORMAT_VERSION",
@@ -23,6 +24,7 @@ __all__ = [
     "Fingerprint",
     "Layer",
     "load",
+    "merge",
     "save",
 ]
 __version__ = "0.1.0"

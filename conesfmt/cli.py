@@ -57,6 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dump.add_argument("file", type=Path)
     dump.set_defaults(handler=_dump)
 
+    merge = subparsers.add_parser(
+        "merge",
+        help="unite several containers into one, each concept kept separate (no training)",
+        description="Write one multi-concept container holding every concept of the inputs, so "
+        "that conesrt.apply(..., concepts=[...]) can apply any subset. The inputs must share the "
+        "layer table and the base model (fingerprint).",
+    )
+    merge.add_argument("containers", nargs="+", type=Path, metavar="CONTAINER")
+    merge.add_argument("--out", "-o", required=True, type=Path)
+    merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    merge.set_defaults(handler=_merge)
+
     conformance = subparsers.add_parser(
         "conformance",
         help="run the hypothesis conformance kit against a reader",
@@ -126,6 +138,20 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
             f"{summary['floor_bytes']:,.0f} bytes; ratio {summary['ratio_to_floor']:.3f}"
         )
     return "\n".join(lines)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .files import save
+    from .merge import merge
+
+    if args.out.exists() and not args.overwrite:
+        raise CommandError(f"{args.out} exists; pass --overwrite to replace it")
+    merged = merge([load(path) for path in args.containers], names=[path.name for path in args.containers])
+    save(merged, args.out)
+    summary = summarize(merged, file_bytes=args.out.stat().st_size)
+    concepts = ", ".join(f"{c['name']!r} ({c['shut']:,} entries)" for c in summary["concepts"])
+    print(f"wrote {args.out} ({summary['bytes']:,} bytes): {concepts}")
+    return 0
 
 
 def _dump(args: argparse.Namespace) -> int:

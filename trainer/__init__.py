@@ -3,6 +3,9 @@
 >>> import trainer
 >>> result = trainer.train_concept(model="sd15", images="my-cat/", token="sks", class_word="cat",
 ...                                sparsity=0.01, out="cat.cones")
+>>> both = trainer.refine(model="sd15", containers=["cat.cones", "lake.cones"],
+...                       data={"sks cat": "my-cat/", "zwx lake": "my-lake/"},
+...                       sparsity=0.02, out="both.cones")
 
 Importing ``trainer`` loads no torch; each name is imported on first use, so
 ``cones`` commands start fast. ``trainer.world`` is the embedded small world.
@@ -14,17 +17,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from .config import RefineConfig, TrainConfig
     from .errors import UsageError
+    from .refine import refine
     from .train import TrainResult, train_concept
 
 _LAZY = {
     "TrainConfig": ".config",
+    "RefineConfig": ".config",
+    "refine": ".refine",
     "UsageError": ".errors",
     "TrainResult": ".train",
     "train_concept": ".train",
 }
-__all__ = ["TrainConfig", "TrainResult", "UsageError", "train_concept"]
+__all__ = ["RefineConfig", "TrainConfig", "TrainResult", "UsageError", "refine", "train_concept"]
 
 
 def __getattr__(name: str) -> Any:

@@ -75,6 +75,84 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_search_options(train, steps=1000, lr=2e-5)
     train.set_defaults(handler=_train)
 
+    refine = subparsers.add_parser(
+        "refine",
+        help="refine several subjects' concept neurons jointly (sec. 3.3) into one concept",
+        description="Sum the subjects' implanting losses and run xi-descent on the union of the input "
+        "masks only; the refined mask is a subset of that union. Each subject's prompts come from "
+        "its container's metadata.",
+    )
+    refine.add_argument("containers", nargs="+", type=Path, metavar="CONTAINER", help="single-subject .cones")
+    refine.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        required=True,
+        help="images of the concept NAME (repeat for each subject)",
+    )
+    refine.add_argument(
+        "--class-images",
+        action="append",
+        default=[],
+        metavar="CLASS=DIR",
+        help="prior images per class word (repeatable), or one DIR when all subjects share a class",
+    )
+    refine.add_argument("--name", help='the refined concept\'s name (default "A + B")')
+    refine.epilog = (
+        "Without --tau or --sparsity, refine keeps every entry of the union whose xi fell below 1."
+    )
+    add_search_options(refine, steps=1000, lr=3e-5)
+    refine.set_defaults(handler=_refine)
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, folder = value.rpartition("=")
+        if not sep or not name or not folder:
+            raise UsageError(f"{option} {value!r}: expected NAME=DIR")
+        pairs[name] = folder
+    return pairs
+
+
+def _refine(args: argparse.Namespace) -> int:
+    from .config import RefineConfig
+
+    if len(args.class_images) == 1 and "=" not in args.class_images[0]:
+        class_images: dict[str, str] | str | None = args.class_images[0]
+    else:
+        class_images = _pairs(args.class_images, "--class-images") or None
+    config = RefineConfig(
+        model=args.model,
+        containers=args.containers,
+        data=_pairs(args.data, "--data"),
+        class_images=class_images,
+        out=args.out,
+        num_class_images=args.num_class_images,
+        class_image_steps=args.class_image_steps,
+        prior_weight=args.prior_weight,
+        steps=args.steps,
+        lr=args.lr,
+        tau=args.tau,
+        sparsity=args.sparsity,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        flip=args.flip,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        device=args.device,
+        name=args.name,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    config.validate()  # before importing torch
+    from .refine import refine
+
+    refine(config)
+    return 0
+
 
 def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig

@@ -27,25 +27,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-@dataclass
-class TrainConfig:
-    """One search for the concept neurons of a subject (Algorithm A2).
+@dataclass(kw_only=True)
+class SearchConfig:
+    """What every concept-neuron search shares: the model, the descent, the hardware, the output.
 
     Units: ``steps`` are gradient steps K; ``lr`` is rho, the plain
     gradient-descent step on xi; ``tau`` is in units of the accumulated
     ``theta * dL/dtheta`` (eq. 9); ``sparsity`` is a fraction of the searched
     entries; ``resolution`` in pixels; ``batch_size`` subject images per step
-    (and as many prior images).
+    (and as many prior images) per subject.
     """
 
     model: str | Path
-    images: str | Path
-    token: str = "sks"
-    class_word: str = ""
     out: str | Path = ""
-    prompt: str | None = None  # default: "photo of a {token} {class_word}"
-    class_prompt: str | None = None  # default: "photo of a {class_word}"
-    class_images: str | Path | None = None
     num_class_images: int = 100
     class_image_steps: int = 25
     prior_weight: float = 1.0
@@ -53,7 +47,6 @@ class TrainConfig:
     lr: float = 2e-5
     tau: float | None = None
     sparsity: float | None = None
-    layers: str = "cross"
     batch_size: int = 2
     resolution: int = 512
     flip: bool = True
@@ -61,10 +54,67 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
-    name: str | None = None  # default: "{token} {class_word}"
-    keep_shut: list[str | Path] = field(default_factory=list)
+    name: str | None = None
     overwrite: bool = False
     progress: bool = True
+
+    #: A single search must say how many neurons to keep; a refine may keep all that help (RefineConfig).
+    selection_required = True
+    #: Fields that say where things are rather than how the concept was made.
+    _LOCAL = (
+        "model",
+        "images",
+        "out",
+        "class_images",
+        "overwrite",
+        "progress",
+        "device",
+        "name",
+        "containers",
+        "data",
+    )
+
+    def settings(self) -> dict:
+        """What the container records about how the concept was made (no local paths)."""
+        return {key: value for key, value in asdict(self).items() if key not in self._LOCAL}
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` on anything wrong that needs no model to see."""
+        check_model_folder(self.model)
+        check_selection(self.tau, self.sparsity, required=self.selection_required)
+        check_out(self.out, self.overwrite)
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "resolution": self.resolution}
+        for option, value in positive.items():
+            if value < 1:
+                raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        if self.resolution % 8:
+            raise UsageError(
+                f"--resolution must be a multiple of 8 (the VAE's stride), got {self.resolution}"
+            )
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.prior_weight < 0:
+            raise UsageError(f"--prior-weight must be >= 0, got {self.prior_weight}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UsageError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(SearchConfig):
+    """One search for the concept neurons of a subject (Algorithm A2).
+
+    >>> TrainConfig(model="sd15", images="cat/", token="sks", class_word="cat",
+    ...             sparsity=0.01, out="cat.cones")
+    """
+
+    images: str | Path
+    token: str = "sks"
+    class_word: str = ""
+    prompt: str | None = None  # default: "photo of a {token} {class_word}"
+    class_prompt: str | None = None  # default: "photo of a {class_word}"
+    class_images: str | Path | None = None
+    layers: str = "cross"
+    keep_shut: list[str | Path] = field(default_factory=list)
 
     @property
     def instance_prompt(self) -> str:
@@ -79,41 +129,58 @@ class TrainConfig:
         return self.name or f"{self.token} {self.class_word}".strip()
 
     def settings(self) -> dict:
-        """What the container records about how the concept was made."""
-        recorded = asdict(self)
-        for key in ("model", "images", "out", "class_images", "overwrite", "progress", "device", "name"):
-            recorded.pop(key)
-        recorded["keep_shut"] = [Path(p).name for p in self.keep_shut]
-        return recorded
+        return super().settings() | {"keep_shut": [Path(p).name for p in self.keep_shut]}
 
     def validate(self) -> None:
-        """Raise :class:`UsageError` on anything wrong that needs no model to see."""
-        check_model_folder(self.model)
+        super().validate()
         image_files(self.images)
         if not self.class_word and not (self.prompt and (self.class_prompt or self.prior_weight == 0)):
             raise UsageError("give --class-word (or both --prompt and --class-prompt)")
-        check_selection(self.tau, self.sparsity)
-        check_out(self.out, self.overwrite)
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "resolution": self.resolution}
-        for option, value in positive.items():
-            if value < 1:
-                raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-        if self.resolution % 8:
-            raise UsageError(
-                f"--resolution must be a multiple of 8 (the VAE's stride), got {self.resolution}"
-            )
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.prior_weight < 0:
-            raise UsageError(f"--prior-weight must be >= 0, got {self.prior_weight}")
         if self.prior_weight > 0 and self.class_images is None and self.num_class_images < 1:
             raise UsageError("prior preservation needs --class-images DIR or --num-class-images N >= 1")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise UsageError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for path in self.keep_shut:
             if not Path(path).is_file():
                 raise UsageError(f"--keep-shut {path}: no such file")
         select_layers(unet_keys(self.model), self.layers)
+
+
+@dataclass(kw_only=True)
+class RefineConfig(SearchConfig):
+    """A joint refine of several subjects (sec. 3.3) over the union of their concept neurons.
+
+    ``containers`` are the single-subject (or merged) inputs; ``data`` maps each
+    concept name to the folder of its images; ``class_images`` maps a class word
+    to a folder of prior images, or is one folder for all when the subjects
+    share one class.
+
+    >>> RefineConfig(model="sd15", containers=["cat.cones", "lake.cones"],
+    ...              data={"sks cat": "cat/", "zwx lake": "lake/"}, sparsity=0.02, out="both.cones")
+    """
+
+    containers: list[str | Path]
+    data: dict[str, str | Path]
+    class_images: dict[str, str | Path] | str | Path | None = None
+    lr: float = 3e-5  # the paper's base learning rate for several subjects (B.4)
+    # Without --tau or --sparsity, keep every entry of the union whose xi fell below 1
+    # under the joint loss: the concept-neuron criterion of eq. 8 (tau -> 0+).
+    selection_required = False
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.containers) < 1:
+            raise UsageError("give the containers to refine")
+        for path in self.containers:
+            if not Path(path).is_file():
+                raise UsageError(f"{path}: no such container")
+        for name, folder in self.data.items():
+            try:
+                image_files(folder)
+            except UsageError as error:
+                raise UsageError(f"--data {name}={folder}: {error}") from None
+        if isinstance(self.class_images, dict):
+            for word, folder in self.class_images.items():
+                if not Path(folder).is_dir():
+                    raise UsageError(f"--class-images {word}={folder}: no such folder")
 
 
 def check_model_folder(model: str | Path) -> Path:
@@ -149,8 +216,8 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def check_selection(tau: float | None, sparsity: float | None) -> None:
-    if (tau is None) == (sparsity is None):
+def check_selection(tau: float | None, sparsity: float | None, required: bool = True) -> None:
+    if tau is not None and sparsity is not None or (required and tau is None and sparsity is None):
         raise UsageError(
             "give exactly one of --tau (threshold, eq. A20) and --sparsity (fraction of entries to shut)"
         )

@@ -40,7 +40,10 @@ def make_report(
         "searched": total_numel,
         "sparsity": shut / total_numel,
         "asked_for": wanted,
-        "per_layer": {key: {"shut": int(neurons[key].size), "numel": numels[key]} for key in numels},
+        "per_layer": {
+            key: {"shut": int(neurons[key].size) if key in neurons else 0, "numel": numels[key]}
+            for key in numels
+        },
         "file_bytes": file_bytes,
         "floor_bytes": floor,
         "ratio_to_floor": file_bytes / floor if floor else None,

@@ -22,7 +22,7 @@ import conesfmt
 import conesrt
 
 from .base_model import BaseModel, load_base_model
-from .config import TrainConfig, image_files, select_layers, unet_keys
+from .config import SearchConfig, TrainConfig, image_files, select_layers, unet_keys
 from .data import class_image_folder, encode_images, encode_prompt, ensure_class_images
 from .errors import UsageError
 from .loop import DescentLog, run_descent
@@ -73,7 +73,7 @@ def prepare_subject(
     images: str | Path,
     instance_prompt: str,
     prior_prompt: str,
-    config: TrainConfig,
+    config: SearchConfig,
     class_images: str | Path | None,
     main_process: bool = True,
 ) -> Subject:
@@ -101,12 +101,13 @@ def prepare_subject(
 
 
 def select_neurons(
-    search: ConceptNeuronSearch, config: TrainConfig
+    search: ConceptNeuronSearch, config: SearchConfig
 ) -> tuple[dict[str, np.ndarray], int | None]:
     deltas = search.deltas()
-    if config.tau is not None:
-        return neurons_by_threshold(deltas, config.lr, config.tau), None
-    return neurons_by_sparsity(deltas, config.sparsity)
+    if config.sparsity is not None:
+        return neurons_by_sparsity(deltas, config.sparsity)
+    # A threshold (eq. A20); with no tau at all (refine only), every entry whose xi fell below 1.
+    return neurons_by_threshold(deltas, config.lr, config.tau or 0.0), None
 
 
 def build_container(
@@ -125,6 +126,70 @@ def build_container(
     )
 
 
+def start(config: SearchConfig) -> tuple[Accelerator, BaseModel]:
+    """The accelerator and the frozen base model of a run (after ``config.validate()``)."""
+    accelerator = make_accelerator(config.device, config.mixed_precision)
+    torch.manual_seed(config.seed)
+    base = load_base_model(config.model, accelerator.device, WEIGHT_DTYPES[config.mixed_precision])
+    if config.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+    return accelerator, base
+
+
+def descend(
+    config: SearchConfig,
+    base: BaseModel,
+    keys: list[str],
+    subjects: list[Subject],
+    accelerator: Accelerator,
+    trainable: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, np.ndarray], int | None, DescentLog]:
+    """Algorithm A2 over ``keys`` for ``subjects``; returns the neurons, how many were asked, the log."""
+    search = ConceptNeuronSearch(base.unet, keys, trainable)
+    log = run_descent(
+        search,
+        subjects,
+        base.noise_scheduler,
+        steps=config.steps,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        accelerator=accelerator,
+        progress=config.progress,
+    )
+    neurons, wanted = select_neurons(search, config)
+    return neurons, wanted, log
+
+
+def finish(
+    config: SearchConfig,
+    accelerator: Accelerator,
+    container: conesfmt.Container,
+    wanted: int | None,
+    log: DescentLog,
+    started: float,
+) -> TrainResult:
+    """Write the container and the loss log (main process), summarise, return the result."""
+    out = Path(config.out)
+    if accelerator.is_main_process:
+        conesfmt.save(container, out)
+        log.write_csv(out.with_suffix(".loss.csv"))
+    accelerator.wait_for_everyone()
+    ((name, concept),) = container.concepts.items()
+    report = make_report(
+        dict(concept.indices),
+        {key: layer.numel for key, layer in container.layers.items()},
+        out.stat().st_size if out.exists() else len(container.to_bytes()),
+        log.seconds_per_step,
+        time.perf_counter() - started,
+        peak_memory_bytes(accelerator.device),
+        wanted,
+    )
+    if config.progress and accelerator.is_main_process:
+        print(format_report(report, f"concept {name!r} -> {out}"))
+    return TrainResult(out, container, report, log)
+
+
 def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainResult:
     """Find the concept neurons of one subject (Algorithm A2) and write a container.
 
@@ -137,11 +202,7 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
     config.validate()
     started = time.perf_counter()
     keys = select_layers(unet_keys(config.model), config.layers)
-    accelerator = make_accelerator(config.device, config.mixed_precision)
-    torch.manual_seed(config.seed)
-    base = load_base_model(config.model, accelerator.device, WEIGHT_DTYPES[config.mixed_precision])
-    if config.gradient_checkpointing:
-        base.unet.enable_gradient_checkpointing()
+    accelerator, base = start(config)
     keep_shut = conesrt.apply(base.unet, config.keep_shut) if config.keep_shut else None
     try:
         subject = prepare_subject(
@@ -154,19 +215,7 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
             config.class_images,
             accelerator.is_main_process,
         )
-        search = ConceptNeuronSearch(base.unet, keys)
-        log = run_descent(
-            search,
-            [subject],
-            base.noise_scheduler,
-            steps=config.steps,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            accelerator=accelerator,
-            progress=config.progress,
-        )
-        neurons, wanted = select_neurons(search, config)
+        neurons, wanted, log = descend(config, base, keys, [subject], accelerator)
         settings = config.settings() | {
             "subject_images": len(subject.instance),
             "prior_images": len(subject.prior or ()),
@@ -184,21 +233,4 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
     finally:
         if keep_shut is not None:
             keep_shut.remove()
-    out = Path(config.out)
-    if accelerator.is_main_process:
-        conesfmt.save(container, out)
-        log.write_csv(out.with_suffix(".loss.csv"))
-    accelerator.wait_for_everyone()
-    numels = {key: layer.numel for key, layer in container.layers.items()}
-    report = make_report(
-        neurons,
-        numels,
-        out.stat().st_size if out.exists() else len(container.to_bytes()),
-        log.seconds_per_step,
-        time.perf_counter() - started,
-        peak_memory_bytes(accelerator.device),
-        wanted,
-    )
-    if config.progress and accelerator.is_main_process:
-        print(format_report(report, f"concept {config.concept_name!r} -> {out}"))
-    return TrainResult(out, container, report, log)
+    return finish(config, accelerator, container, wanted, log, started)

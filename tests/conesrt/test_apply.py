@@ -273,3 +273,16 @@ def test_handle_repr_and_saved_bytes(unet) -> None:
     handle.remove()
     assert "removed" in repr(handle) and handle.saved_bytes == 0
     assert np.isfinite(handle.saved_bytes)
+
+
+def test_a_merged_container_applies_like_its_parts(unet) -> None:
+    singles = [random_container(unet, seed=s, names=(f"s{s}",)) for s in (21, 22, 23)]
+    merged = conesfmt.merge(singles)
+    with conesrt.apply(unet, singles):
+        together = snapshot(unet)
+    with conesrt.apply(unet, merged):
+        assert_bit_identical(unet, together)
+    with conesrt.apply(unet, [singles[0], singles[2]]):
+        subset = snapshot(unet)
+    with conesrt.apply(unet, merged, concepts=["s21", "s23"]):
+        assert_bit_identical(unet, subset)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
 
 from tests.tiny_models import cross_attention_keys, tiny_unet
 from trainer.data import LatentBank
 from trainer.loop import run_descent
 from trainer.objective import Subject, implanting_loss
+from trainer.train import make_accelerator
 from trainer.xi import ConceptNeuronSearch, neurons_by_sparsity, neurons_by_threshold
 
 
@@ -73,7 +73,7 @@ def test_xi_stays_fp32_under_autocast() -> None:
     seen = []
     for delta in search.delta:
         delta.register_hook(lambda grad: seen.append(grad.dtype) or grad)
-    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    accelerator = make_accelerator("cpu", "bf16")
     run_descent(
         search,
         [toy_subject()],
@@ -106,7 +106,7 @@ def test_trainable_entries_restrict_the_search() -> None:
         lr=1e-2,
         batch_size=2,
         seed=0,
-        accelerator=Accelerator(cpu=True),
+        accelerator=make_accelerator("cpu", "no"),
         progress=False,
     )
     for key, delta in zip(keys, search.delta, strict=True):
