@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,6 +16,16 @@ from .limits import MAX_SECTION_BYTES
 
 #: Largest file :func:`load` reads (a few sections at their maximum size).
 MAX_FILE_BYTES = 4 * MAX_SECTION_BYTES
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions a new file gets (as ``open`` would give it), read once at import.
+NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 def save(container: Container, path: str | os.PathLike[str]) -> Path:
@@ -27,24 +40,36 @@ def save(container: Container, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     data = container.to_bytes()
-    write_atomic(path, data)
+    with replacing(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(data)
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on success it replaces ``path`` atomically.
+
+    On leaving the block, the temporary file is flushed to disk, given the
+    permissions of the file it replaces (or those of a new file), and renamed
+    over ``path``. On an exception it is deleted and ``path`` is untouched.
+
+    >>> with replacing("model.safetensors") as temporary:
+    ...     temporary.write_bytes(data)
+    """
+    path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed after the fsync
-        dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
+    descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(name)
     try:
-        with handle:
-            handle.write(data)
-            handle.flush()
+        yield temporary
+        with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else NEW_FILE_MODE
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 import conesfmt
+from conesfmt.files import replacing
 
 from .fit import check_fits
 from .sources import ContainerLike, load_containers, select_concepts
@@ -48,26 +48,13 @@ def bake(
     shut = _union_by_layer(plan)
 
     dst = Path(dst)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before the rename
-        dir=dst.parent if str(dst.parent) else ".", prefix=f".{dst.name}.", suffix=".tmp", delete=False
-    )
-    temporary = Path(handle.name)
-    try:
-        with open(weights.path, "rb") as source_file:
-            shutil.copyfileobj(source_file, handle, length=16 << 20)
-        handle.close()
+    with replacing(dst) as temporary:
+        shutil.copyfile(weights.path, temporary)
         memory = np.memmap(temporary, dtype=np.uint8, mode="r+")
         for key, indices in shut.items():
             weights.entry_bytes(memory, key)[indices] = 0  # +0.0: all bits zero in every float format
         memory.flush()
         del memory
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, dst)
-    except BaseException:
-        handle.close()
-        temporary.unlink(missing_ok=True)
-        raise
     return dst
 
 

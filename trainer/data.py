@@ -148,4 +148,4 @@ def ensure_class_images(
                 made += 1
             bar.update(n)
         bar.close()
-    return image_files(folder)[:count] if count else image_files(folder)
+    return image_files(folder)[:count]

@@ -105,7 +105,7 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
             class_prompt,
             config,
             class_images_for(config, class_word),
-            accelerator.is_main_process,
+            accelerator,
         )
         for name, (prompt, class_prompt, class_word) in prompts.items()
     ]

@@ -75,15 +75,19 @@ def prepare_subject(
     prior_prompt: str,
     config: SearchConfig,
     class_images: str | Path | None,
-    main_process: bool = True,
+    accelerator: Accelerator | None = None,
 ) -> Subject:
-    """Encode a subject's images and prompts, and its prior's (generating prior images if needed)."""
+    """Encode a subject's images and prompts, and its prior's (generating prior images if needed).
+
+    With several processes, only the main one generates missing prior images;
+    the others wait for it, then read the same folder.
+    """
     bank = encode_images(base, image_files(images), config.resolution, config.flip)
     subject = Subject(name, bank, encode_prompt(base, instance_prompt), prior_weight=config.prior_weight)
     if config.prior_weight > 0:
         folder = class_image_folder(base, prior_prompt, config.resolution, config.seed, class_images)
-        if main_process:
-            paths = ensure_class_images(
+        if accelerator is None or accelerator.is_main_process:
+            ensure_class_images(
                 base,
                 folder,
                 prior_prompt,
@@ -93,8 +97,9 @@ def prepare_subject(
                 config.seed,
                 progress=config.progress,
             )
-        else:
-            paths = image_files(folder)[: config.num_class_images]
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        paths = image_files(folder)[: config.num_class_images]
         subject.prior = encode_images(base, paths, config.resolution, config.flip)
         subject.prior_embedding = encode_prompt(base, prior_prompt)
     return subject
@@ -213,7 +218,7 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
             config.prior_prompt,
             config,
             config.class_images,
-            accelerator.is_main_process,
+            accelerator,
         )
         neurons, wanted, log = descend(config, base, keys, [subject], accelerator)
         settings = config.settings() | {

@@ -154,3 +154,13 @@ def test_load_names_the_file(tmp_path: Path) -> None:
         conesfmt.load(path)
     with pytest.raises(FormatError, match="binary file"):
         conesfmt.load(io.StringIO("text"))
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    from conesfmt.files import NEW_FILE_MODE
+
+    path = conesfmt.save(small(), tmp_path / "cat.cones")
+    assert path.stat().st_mode & 0o777 == NEW_FILE_MODE  # not the 0600 of a temporary file
+    path.chmod(0o640)
+    conesfmt.save(small(), path)
+    assert path.stat().st_mode & 0o777 == 0o640  # replacing a file keeps its permissions
