@@ -106,6 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     refine.set_defaults(handler=_refine)
 
 
+def search_options(args: argparse.Namespace) -> dict:
+    """The SearchConfig fields that add_search_options parsed, for train and refine alike."""
+    shared = ("model", "out", "num_class_images", "class_image_steps", "prior_weight", "steps", "lr", "tau")
+    shared += ("sparsity", "batch_size", "resolution", "flip", "mixed_precision", "gradient_checkpointing")
+    shared += ("seed", "device", "name", "overwrite")
+    return {field: getattr(args, field) for field in shared} | {"progress": not args.quiet}
+
+
 def _pairs(values: list[str], option: str) -> dict[str, str]:
     pairs = {}
     for value in values:
@@ -124,28 +132,10 @@ def _refine(args: argparse.Namespace) -> int:
     else:
         class_images = _pairs(args.class_images, "--class-images") or None
     config = RefineConfig(
-        model=args.model,
         containers=args.containers,
         data=_pairs(args.data, "--data"),
         class_images=class_images,
-        out=args.out,
-        num_class_images=args.num_class_images,
-        class_image_steps=args.class_image_steps,
-        prior_weight=args.prior_weight,
-        steps=args.steps,
-        lr=args.lr,
-        tau=args.tau,
-        sparsity=args.sparsity,
-        batch_size=args.batch_size,
-        resolution=args.resolution,
-        flip=args.flip,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-        seed=args.seed,
-        device=args.device,
-        name=args.name,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
+        **search_options(args),
     )
     config.validate()  # before importing torch
     from .refine import refine
@@ -158,33 +148,15 @@ def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
 
     config = TrainConfig(
-        model=args.model,
         images=args.images,
         token=args.token,
         class_word=args.class_word,
-        out=args.out,
         prompt=args.prompt,
         class_prompt=args.class_prompt,
         class_images=args.class_images,
-        num_class_images=args.num_class_images,
-        class_image_steps=args.class_image_steps,
-        prior_weight=args.prior_weight,
-        steps=args.steps,
-        lr=args.lr,
-        tau=args.tau,
-        sparsity=args.sparsity,
         layers=args.layers,
-        batch_size=args.batch_size,
-        resolution=args.resolution,
-        flip=args.flip,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-        seed=args.seed,
-        device=args.device,
-        name=args.name,
         keep_shut=args.keep_shut,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
+        **search_options(args),
     )
     config.validate()  # before importing torch: a typo costs a second, not the imports
     from .train import train_concept
