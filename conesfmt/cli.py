@@ -85,6 +85,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conformance.add_argument("--examples", type=int, default=100, help="valid containers (default 100)")
     conformance.add_argument("--mutations", type=int, default=20, help="mutations per container (default 20)")
     conformance.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: fixed)")
+    conformance.add_argument(
+        "--shrink", action="store_true", help="minimise a failing input first (slow for a command reader)"
+    )
+    conformance.add_argument(
+        "--failure",
+        type=Path,
+        default=Path("conformance-failure.cones"),
+        help="where to save an input the reader gets wrong (default: ./conformance-failure.cones)",
+    )
     conformance.set_defaults(handler=_conformance)
 
 
@@ -162,13 +171,23 @@ def _dump(args: argparse.Namespace) -> int:
 
 def _conformance(args: argparse.Namespace) -> int:
     try:
-        from .conformance import CommandReader, LibraryReader, run
+        from .conformance import CommandReader, ConformanceFailure, LibraryReader, run
     except ImportError as error:
         raise CommandError(
             f"the conformance kit needs hypothesis: pip install hypothesis ({error})"
         ) from None
     reader = LibraryReader() if args.reader is None else CommandReader(args.reader)
-    summary = run(reader, examples=args.examples, mutations_per_example=args.mutations, seed=args.seed)
+    try:
+        summary = run(
+            reader,
+            examples=args.examples,
+            mutations_per_example=args.mutations,
+            seed=args.seed,
+            shrink=args.shrink or None,
+        )
+    except ConformanceFailure as failure:
+        args.failure.write_bytes(failure.data)
+        raise CommandError(f"{failure} (the input is saved in {args.failure})") from None
     print(
         f"passed: {summary.valid_containers} valid containers, {summary.mutated_inputs} mutated "
         f"inputs ({summary.accepted_mutations} of them valid containers, the rest rejected)"

@@ -105,17 +105,18 @@ def test_conformance_catches_a_lenient_reader(tmp_path: Path) -> None:
         "try:\n    print(json.dumps(to_json(Container.from_bytes(data))))\n"
         "except Exception:\n    print('{}')\n"
     )
+    failure = tmp_path / "failure.cones"
+    reader = f"{sys.executable} {lenient} {{}}"
     result = run(
-        "conformance",
-        "--reader",
-        f"{sys.executable} {lenient} {{}}",
-        "--examples",
-        "5",
-        "--mutations",
-        "5",
+        "conformance", "--reader", reader, "--examples", "5", "--mutations", "5", "--failure", str(failure)
     )
-    assert result.returncode != 0
-    assert "accepted a file the reference reader rejects" in result.stdout + result.stderr
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "cones conformance: error: reader accepted a file the reference reader rejects"
+    )
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    with pytest.raises(conesfmt.FormatError):  # the saved input is one the reference rejects
+        conesfmt.load(failure)
 
 
 def test_format_commands_import_no_torch(example: Path) -> None:
