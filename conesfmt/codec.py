@@ -34,6 +34,8 @@ ZSTD_LEVEL = 19
 BLOCK_ENTRIES = 1 << 16
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: RFC 8878 § 3.1.1.2.4: no block holds more than 128 KiB.
+MAX_ZSTD_BLOCK = 128 << 10
 _BLOCK_RLE = 1
 _BLOCK_RESERVED = 3
 
@@ -85,9 +87,11 @@ def frame_span(frame: memoryview, where: str) -> int:
         raise FormatError(f"{where}: not a zstd frame (bad magic)")
     try:
         position = zstandard.frame_header_size(frame)
-        has_checksum = zstandard.get_frame_parameters(frame).has_checksum
+        params = zstandard.get_frame_parameters(frame)
     except zstandard.ZstdError as error:
         raise FormatError(f"{where}: bad zstd frame header ({error})") from None
+    has_checksum = params.has_checksum
+    block_maximum = min(params.window_size, MAX_ZSTD_BLOCK)  # RFC 8878 § 3.1.1.2.3
     while True:
         if position + 3 > len(frame):
             raise FormatError(f"{where}: zstd frame is truncated")
@@ -95,6 +99,10 @@ def frame_span(frame: memoryview, where: str) -> int:
         block_type = (header >> 1) & 3
         if block_type == _BLOCK_RESERVED:
             raise FormatError(f"{where}: zstd block of reserved type")
+        if header >> 3 > block_maximum:
+            raise FormatError(
+                f"{where}: zstd block of {header >> 3} bytes exceeds Block_Maximum_Size {block_maximum}"
+            )
         position += 3 + (1 if block_type == _BLOCK_RLE else header >> 3)
         if header & 1:
             break
@@ -123,6 +131,13 @@ class _PlaneReader:
             raise FormatError(f"{where}: zstd frame needs a dictionary ({params.dict_id})")
         if params.window_size > MAX_ZSTD_WINDOW:
             raise FormatError(f"{where}: zstd window of {params.window_size} bytes exceeds {MAX_ZSTD_WINDOW}")
+        # With the window at least min(content, 128 KiB), no block can outgrow RFC 8878's
+        # Block_Maximum_Size = min(window, 128 KiB); a header check, so every reader agrees.
+        if params.window_size < min(expected_size, MAX_ZSTD_BLOCK):
+            raise FormatError(
+                f"{where}: zstd window of {params.window_size} bytes is below "
+                f"min(content size, 128 KiB) = {min(expected_size, MAX_ZSTD_BLOCK)}"
+            )
         span = frame_span(frame, where)
         if span != len(frame):
             raise FormatError(f"{where}: zstd frame spans {span} bytes, the section says {len(frame)}")

@@ -590,6 +590,20 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         "the frame header asks for a 128 MiB window",
         "window",
     )
+    window_layer = section(b"LAYR", layer_table([("a", "F32", (1600,))]))  # width 2: two planes
+    deltas = [0] + [1] * 1499
+    low, high = planes_of(deltas, 2)
+    add(
+        "frame-window-below-content",
+        assemble(
+            window_layer,
+            section(b"CNPT", concept_payload(b"cat", [(0, 1500)], [frame_with_window(low, 10), zstd(high)])),
+            END,
+        ),
+        18,
+        "a 1,500-byte plane in a frame whose header asks for a 1 KiB window (below min(content, 128 KiB))",
+        "below min(content size, 128 KiB)",
+    )
     add(
         "frame-length-past-payload",
         assemble(BASE_LAYR, base_concept(frame_lengths=[len(frame) + 5], frames=[frame]), END),
