@@ -105,6 +105,81 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_search_options(refine, steps=1000, lr=3e-5)
     refine.set_defaults(handler=_refine)
 
+    from .demo import DEMO_LR, DEMO_SPARSITY, DEMO_STEPS
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole mission on the embedded small world: train, apply, compare, remove",
+        description="Find the concept neurons of a bundled subject of the embedded small world "
+        "(offline, on a CPU), apply them, draw images for a few prompts before and after with the "
+        "same seeds, remove them and check that the model is bit-identical. Writes the .cones file, "
+        "grid.png and report.json into --out.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("cones-demo"), help="output folder (default cones-demo)"
+    )
+    demo.add_argument("--model", type=Path, help="another diffusers SD folder (default: the embedded world)")
+    demo.add_argument("--images", type=Path, help="another subject's images (with --token and --class-word)")
+    demo.add_argument("--subject", default="sks", help="a bundled subject: sks (star), vnt, pxr, zwx")
+    demo.add_argument("--token", help="the subject's rare token, with --images")
+    demo.add_argument("--class-word", help="the subject's class, with --images")
+    demo.add_argument(
+        "--steps", type=int, default=DEMO_STEPS, help=f"xi-descent steps (default {DEMO_STEPS})"
+    )
+    demo.add_argument("--lr", type=float, default=DEMO_LR, help=f"xi-descent step (default {DEMO_LR:g})")
+    demo.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help=f"default {DEMO_SPARSITY:g}")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(
+        out=args.out,
+        model=args.model,
+        images=args.images,
+        subject=args.subject,
+        token=args.token,
+        class_word=args.class_word,
+        steps=args.steps,
+        lr=args.lr,
+        sparsity=args.sparsity,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(format_demo(report, args.out))
+    return 0
+
+
+def format_demo(report: dict, out: Path) -> str:
+    lines = [
+        "",
+        f"cones demo: concept neurons of a {report['subject']['token']} {report['subject']['class_word']}",
+        f"  shut {report['shut']:,} of {report['searched']:,} cross-attention K/V entries "
+        f"({100 * report['sparsity']:.2f} %), container {report['container_bytes']:,} bytes",
+    ]
+    if "before" in report:
+        lines.append(
+            f"  subject score (judge, subject prompts): {report['before']['subject_score']:.2f} before, "
+            f"{report['after']['subject_score']:.2f} after"
+        )
+        lines.append(
+            f"  other prompts unchanged (judge, same seeds): {100 * report['prior_unchanged']:.0f} %"
+        )
+    timings = report["timings"]
+    lines.append(
+        f"  apply {timings['apply_ms']:.1f} ms, remove {timings['remove_ms']:.1f} ms; "
+        f"model bit-identical after remove: {'yes' if report['bit_identical_after_remove'] else 'NO'}"
+    )
+    lines.append(
+        f"  {report['total_s']:.0f} s in all; wrote {out}/grid.png, {out}/report.json, {report['container']}"
+    )
+    return "\n".join(lines)
+
 
 def search_options(args: argparse.Namespace) -> dict:
     """The SearchConfig fields that add_search_options parsed, for train and refine alike."""

@@ -1,0 +1,392 @@
+"""The paper's Tables 1 and 2 in miniature, on the embedded small world (issue #6).
+
+    python bench/paper_tables.py                     # about an hour on a 2-core laptop CPU
+    python bench/paper_tables.py --seeds 1 --steps 100 --images 4    # a quick look
+
+For one, two and three subjects (star; star + heart; star + heart + green
+striped background), and several training seeds, each method is scored with
+the world's attribute judge (trainer/world/judge.py), trained on the world's
+own procedural images:
+
+- subject fidelity: for prompts "a photo of a V* class" (and, with several
+  subjects, "a V1* star and a V2* heart on a V3* background"), the judge's
+  probability that the image shows the subject's identity (shape present
+  with the subject's colour and texture; or the background's colour and
+  pattern), averaged over subjects and images. The analogue of the paper's
+  image alignment, with a judge that knows what the subject is.
+- text alignment: for "a V* class on a blue background" (objects) or
+  "a red heart on a V* background" (the background subject), how often the
+  part of the prompt that is not the subject is drawn (blue background; a
+  red heart). The analogue of the paper's CLIP text alignment.
+- prior preservation: for prompts without a rare token, the fraction of
+  images (same seed as the base model's) whose judged attributes equal the
+  base model's image: 1.0 means untouched.
+- storage of what each method ships.
+
+Methods: the base model; a random mask of the same size in the same layers;
+Cones (the single subject's mask, or the direct merge of single masks);
+Cones joint refine (sec. 3.3); and a Custom-Diffusion-style fine-tune of the
+same K/V weights (those weights trainable with AdamW, everything else
+frozen, the same loss and steps). Prints markdown tables; writes a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import conesfmt  # noqa: E402
+import conesrt  # noqa: E402
+from trainer import world  # noqa: E402
+from trainer.base_model import load_base_model  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.evaluate import random_like  # noqa: E402
+from trainer.objective import implanting_loss  # noqa: E402
+from trainer.refine import refine  # noqa: E402
+from trainer.train import prepare_subject, train_concept  # noqa: E402
+from trainer.world.judge import judge, subject_scores  # noqa: E402
+
+SUBJECT_SETS = {1: [["sks"], ["vnt"], ["pxr"]], 2: [["sks", "vnt"]], 3: [["sks", "vnt", "zwx"]]}
+PRIOR_PROMPTS = [
+    "a photo of a star",
+    "a photo of a heart",
+    "a red circle on a blue background",
+    "a photo of a background",
+]
+
+
+def subject_prompt(subject) -> str:
+    return f"a photo of a {subject.token} {subject.class_word}"
+
+
+def edit_prompt(subject) -> tuple[str, callable]:
+    """A prompt that puts the subject in a context, and how to tell the context was drawn."""
+    if subject.class_word == "background":
+        return (
+            f"a red heart on a {subject.token} background",
+            lambda a: a.objects.get("heart", ("", ""))[0] == "red",
+        )
+    return (
+        f"a {subject.token} {subject.class_word} on a blue background",
+        lambda a: a.background_colour == "blue",
+    )
+
+
+def composite_prompt(subjects) -> str:
+    objects = [s for s in subjects if s.class_word != "background"]
+    backgrounds = [s for s in subjects if s.class_word == "background"]
+    text = " and ".join(f"a {s.token} {s.class_word}" for s in objects)
+    return text + (f" on a {backgrounds[0].token} background" if backgrounds else "")
+
+
+class Sampler:
+    """Images for a prompt and fixed seeds, from the pipeline's current weights (batched)."""
+
+    def __init__(self, pipe, count: int):
+        self.pipe, self.count = pipe, count
+
+    def __call__(self, prompt: str) -> list:
+        generators = [torch.Generator().manual_seed(seed) for seed in range(self.count)]
+        return self.pipe(
+            [prompt] * self.count,
+            num_inference_steps=world.NUM_INFERENCE_STEPS,
+            guidance_scale=world.GUIDANCE_SCALE,
+            height=world.IMAGE_SIZE,
+            width=world.IMAGE_SIZE,
+            generator=generators,
+        ).images
+
+
+def score(sample: Sampler, subjects, base_priors: dict[str, list]) -> dict[str, float]:
+    """The three measures for the model as the pipeline now holds it."""
+    fidelity = [float(subject_scores(sample(subject_prompt(s)), s).mean()) for s in subjects]
+    if len(subjects) > 1:
+        images = sample(composite_prompt(subjects))
+        fidelity.append(float(np.mean([subject_scores(images, s).mean() for s in subjects])))
+    alignment = []
+    for s in subjects:
+        prompt, drawn = edit_prompt(s)
+        alignment.append(float(np.mean([drawn(a) for a in judge(sample(prompt))])))
+    kept = []
+    for prompt, base_images in base_priors.items():
+        for old, new in zip(judge(base_images), judge(sample(prompt)), strict=True):
+            kept.append(
+                (old.objects, old.background_colour, old.background_pattern)
+                == (new.objects, new.background_colour, new.background_pattern)
+            )
+    return {
+        "fidelity": float(np.mean(fidelity)),
+        "alignment": float(np.mean(alignment)),
+        "prior": float(np.mean(kept)),
+    }
+
+
+def union_container(containers: list[conesfmt.Container]) -> conesfmt.Container:
+    """One concept with the union of every input concept (for the random control's size)."""
+    first = containers[0]
+    indices = {
+        key: np.unique(np.concatenate([c.indices(n, key) for c in containers for n in c.concepts]))
+        for key in first.layers
+    }
+    return conesfmt.Container(first.layers, {"union": indices}, first.fingerprint)
+
+
+def custom_diffusion(
+    model: Path, subjects, data: dict, args, seed: int, folder: Path
+) -> dict[str, torch.Tensor]:
+    """A plain fine-tune of the attn2 to_k/to_v weights on all subjects (AdamW), as Custom Diffusion."""
+    base = load_base_model(model, torch.device("cpu"), torch.float32)
+    config = TrainConfig(
+        model=model,
+        images=data[subjects[0].token],
+        resolution=world.IMAGE_SIZE,
+        num_class_images=args.class_images,
+        class_image_steps=world.NUM_INFERENCE_STEPS,
+        seed=seed,
+    )
+    prepared = [
+        prepare_subject(
+            base,
+            s.token,
+            data[s.token],
+            subject_prompt(s),
+            f"a photo of a {s.class_word}",
+            config,
+            folder / f"prior-{s.class_word}",
+        )
+        for s in subjects
+    ]
+    weights = base.unet.state_dict(keep_vars=True)
+    keys = [k for k in weights if ".attn2.to_k.weight" in k or ".attn2.to_v.weight" in k]
+    for key in keys:
+        weights[key].requires_grad_(True)
+    optimizer = torch.optim.AdamW([weights[k] for k in keys], lr=args.cd_lr, weight_decay=1e-2)
+    generator = torch.Generator().manual_seed(seed * 1009)
+
+    def model_fn(noisy, timesteps, embeddings):
+        return base.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+
+    for _ in range(args.steps * len(subjects) if args.scale_steps else args.steps):
+        loss, _ = implanting_loss(model_fn, prepared, base.noise_scheduler, 2, generator)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {k: weights[k].detach().clone() for k in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration")
+    parser.add_argument("--steps", type=int, default=300, help="xi-descent steps per subject")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sparsity", type=float, default=0.02, help="single-subject sparsity")
+    parser.add_argument("--cd-lr", type=float, default=1e-4, help="AdamW step of the fine-tune baseline")
+    parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument("--class-images", type=int, default=32)
+    parser.add_argument("--scale-steps", action="store_true", help="steps x subjects for joint runs")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--plot", type=Path, default=Path("docs/paper-tables.png"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    model = world.MODEL_DIR
+    folder = Path(tempfile.mkdtemp(prefix="cones-paper-"))
+    every = {s.token: s for s in world.subjects()}
+    data = {token: s.image_paths[0].parent for token, s in every.items()}
+    pipe = world.load_pipeline(model)
+    sample = Sampler(pipe, args.images)
+    base_weights = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+
+    def restore_base() -> None:
+        with torch.no_grad():
+            for key, value in pipe.unet.state_dict(keep_vars=True).items():
+                value.copy_(base_weights[key])
+
+    priors = {prompt: sample(prompt) for prompt in PRIOR_PROMPTS}
+    results: list[dict] = []
+
+    def record(
+        n: int, tokens: list[str], method: str, seed: int, measured: dict, storage: int | None
+    ) -> None:
+        results.append(
+            {
+                "subjects": n,
+                "set": "+".join(tokens),
+                "method": method,
+                "seed": seed,
+                **measured,
+                "storage": storage,
+            }
+        )
+        scores = "  ".join(f"{name} {measured[name]:.3f}" for name in ("fidelity", "alignment", "prior"))
+        print(f"  {n} subject(s) {'+'.join(tokens):<11} seed {seed}  {method:<16} {scores}", flush=True)
+
+    singles: dict[tuple[str, int], Path] = {}
+    for n, sets in SUBJECT_SETS.items():
+        for tokens in sets:
+            subjects = [every[t] for t in tokens]
+            record(n, tokens, "base model", -1, score(sample, subjects, priors), None)
+            for seed in range(args.seeds):
+                for token in tokens:  # single-subject masks (cached across configurations)
+                    if (token, seed) not in singles:
+                        s = every[token]
+                        result = train_concept(
+                            model=model,
+                            images=data[token],
+                            token=s.token,
+                            class_word=s.class_word,
+                            prompt=subject_prompt(s),
+                            class_prompt=f"a photo of a {s.class_word}",
+                            class_images=folder / f"prior-{s.class_word}",
+                            num_class_images=args.class_images,
+                            class_image_steps=world.NUM_INFERENCE_STEPS,
+                            steps=args.steps,
+                            lr=args.lr,
+                            sparsity=args.sparsity,
+                            resolution=world.IMAGE_SIZE,
+                            seed=seed,
+                            device="cpu",
+                            name=s.token,
+                            out=folder / f"{token}-{seed}.cones",
+                            overwrite=True,
+                            progress=False,
+                        )
+                        singles[(token, seed)] = result.path
+                paths = [singles[(t, seed)] for t in tokens]
+                merged = conesfmt.merge([conesfmt.load(p) for p in paths])
+                union = union_container([merged])
+                with conesrt.apply(pipe, merged):
+                    record(
+                        n,
+                        tokens,
+                        "Cones" if n == 1 else "Cones merge",
+                        seed,
+                        score(sample, subjects, priors),
+                        len(merged.to_bytes()),
+                    )
+                with conesrt.apply(pipe, random_like(union, seed)):
+                    record(n, tokens, "random mask", seed, score(sample, subjects, priors), None)
+                if n > 1:
+                    refined = refine(
+                        model=model,
+                        containers=paths,
+                        data={t: data[t] for t in tokens},
+                        class_images={
+                            every[t].class_word: folder / f"prior-{every[t].class_word}" for t in tokens
+                        },
+                        num_class_images=args.class_images,
+                        class_image_steps=world.NUM_INFERENCE_STEPS,
+                        steps=args.steps,
+                        lr=args.lr,
+                        resolution=world.IMAGE_SIZE,
+                        seed=seed,
+                        device="cpu",
+                        out=folder / f"refined-{'+'.join(tokens)}-{seed}.cones",
+                        overwrite=True,
+                        progress=False,
+                    )
+                    with conesrt.apply(pipe, refined.container):
+                        record(
+                            n,
+                            tokens,
+                            "Cones refine",
+                            seed,
+                            score(sample, subjects, priors),
+                            refined.path.stat().st_size,
+                        )
+                tuned = custom_diffusion(model, subjects, data, args, seed, folder)
+                with torch.no_grad():
+                    for key, value in tuned.items():
+                        pipe.unet.state_dict(keep_vars=True)[key].copy_(value)
+                record(
+                    n,
+                    tokens,
+                    "K/V fine-tune",
+                    seed,
+                    score(sample, subjects, priors),
+                    sum(v.numel() * 2 for v in tuned.values()),
+                )  # shipped as fp16
+                restore_base()
+
+    report(results, args, time.perf_counter() - started)
+
+
+def report(results: list[dict], args, seconds: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    methods = ["base model", "random mask", "Cones", "Cones merge", "Cones refine", "K/V fine-tune"]
+    minutes = seconds / 60
+    print(
+        f"\n# Tables 1 and 2 in miniature — {date.today()} — {platform.machine()}, CPU, {minutes:.0f} min\n"
+    )
+    print(
+        f"{args.seeds} training seeds, {args.steps} xi-descent steps (lr {args.lr:g}), single-subject "
+        f"sparsity {100 * args.sparsity:g} %, {args.images} images per prompt, "
+        f"K/V fine-tune: AdamW lr {args.cd_lr:g}.\n"
+    )
+    print("| subjects | method | subject fidelity | text alignment | prior preservation | storage |")
+    print("|---|---|---|---|---|---|")
+    summary = {}
+    for n in sorted({r["subjects"] for r in results}):
+        for method in methods:
+            rows = [r for r in results if r["subjects"] == n and r["method"] == method]
+            if not rows:
+                continue
+            cells = []
+            for measure in ("fidelity", "alignment", "prior"):
+                # seeds first averaged per subject set, then spread across seeds
+                values = np.array([r[measure] for r in rows])
+                cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
+                summary[(n, method, measure)] = (values.mean(), values.std())
+            storage = [r["storage"] for r in rows if r["storage"] is not None]
+            size = f"{np.mean(storage) / 1024:.1f} KB" if storage else "—"
+            print(f"| {n} | {method} | {' | '.join(cells)} | {size} |")
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for axis, measure, title in zip(
+        axes,
+        ("fidelity", "alignment", "prior"),
+        ("subject fidelity", "text alignment", "prior preservation"),
+        strict=True,
+    ):
+        width = 0.13
+        for offset, method in enumerate(methods):
+            xs, ys, es = [], [], []
+            for n in (1, 2, 3):
+                if (n, method, measure) in summary:
+                    xs.append(n + (offset - 2.5) * width)
+                    ys.append(summary[(n, method, measure)][0])
+                    es.append(summary[(n, method, measure)][1])
+            if xs:
+                axis.bar(xs, ys, width, yerr=es, label=method, capsize=2)
+        axis.set_xticks([1, 2, 3], ["1 subject", "2 subjects", "3 subjects"])
+        axis.set_ylim(0, 1)
+        axis.set_title(title)
+    axes[0].legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.plot, dpi=110)
+    print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

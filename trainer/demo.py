@@ -1,0 +1,285 @@
+"""``cones demo``: the whole mission on the embedded small world, offline, in a few minutes on a CPU.
+
+It finds the concept neurons of a bundled subject, writes the container,
+applies it with conesrt, draws images for a few prompts before and after,
+measures them with the world's attribute judge, removes the container and
+checks that the model is bit-identical to before. Into ``--out`` it writes
+the ``.cones`` file, ``grid.png`` (before | after, same seeds) and
+``report.json``.
+
+>>> report = run_demo(out="cones-demo")   # the bundled world and its "sks star"
+>>> report["after"]["subject_score"] > report["before"]["subject_score"]
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+#: Defaults tuned on the bundled world (docs/demo.md says how).
+DEMO_STEPS = 300
+DEMO_LR = 1e-3
+DEMO_SPARSITY = 0.02
+DEMO_CLASS_IMAGES = 32
+SEEDS = (0, 1, 2, 3)
+
+
+@dataclass
+class DemoSubject:
+    token: str
+    class_word: str
+    images: Path
+    identity: Any = None  # a trainer.world.Subject when the subject is bundled
+
+
+def _world_prompts(subject: DemoSubject) -> list[tuple[str, str]]:
+    """(prompt, what it shows) rows of the grid."""
+    token, word = subject.token, subject.class_word
+    if word == "background":
+        return [
+            (f"a photo of a {token} background", "subject"),
+            (f"a red heart on a {token} background", "subject, in context"),
+            ("a photo of a background", "prior"),
+            ("a photo of a blue heart", "unrelated"),
+        ]
+    return [
+        (f"a photo of a {token} {word}", "subject"),
+        (f"a {token} {word} on a blue background", "subject, in context"),
+        (f"a photo of a {word}", "prior"),
+        ("a photo of a red heart" if word != "heart" else "a photo of a green star", "unrelated"),
+    ]
+
+
+def unet_digest(unet) -> str:
+    """SHA-256 of every UNet weight's bytes, in state-dict order: equal digests, equal bits."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in unet.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def generate(pipe, prompts: list[str], seeds: tuple[int, ...], steps: int, guidance: float, size: int):
+    """One image per (prompt, seed); each seed's generator starts afresh, so runs compare image by image."""
+    import torch
+
+    images = []
+    for prompt in prompts:
+        row = []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
+            row.append(
+                pipe(
+                    prompt,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    height=size,
+                    width=size,
+                    generator=generator,
+                ).images[0]
+            )
+        images.append(row)
+    return images
+
+
+def draw_grid(rows: list[tuple[str, list, list]], path: Path, scale: int = 2) -> None:
+    """A PNG: per prompt, a caption, then the images before | after for the same seeds."""
+    from PIL import Image, ImageDraw
+
+    cell = rows[0][1][0].width * scale
+    seeds = len(rows[0][1])
+    gap, caption = 12, 18
+    width = 2 * seeds * cell + gap
+    height = 22 + len(rows) * (caption + cell + 6)
+    grid = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(grid)
+    pen.text((4, 4), "before (base model)", fill="black")
+    pen.text((seeds * cell + gap + 4, 4), "after (concept neurons shut)", fill="black")
+    top = 22
+    for prompt, before, after in rows:
+        pen.text((4, top + 3), f'"{prompt}"', fill="black")
+        top += caption
+        for column, image in enumerate(before):
+            grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (column * cell, top))
+        for column, image in enumerate(after):
+            grid.paste(
+                image.resize((cell, cell), Image.Resampling.NEAREST),
+                (seeds * cell + gap + column * cell, top),
+            )
+        top += cell + 6
+    grid.save(path)
+
+
+def _judge_rows(rows, subject: DemoSubject) -> dict[str, Any]:
+    """Subject fidelity on the subject prompts; agreement with the base model on the others."""
+    from .world.judge import judge, subject_scores
+
+    measured: dict[str, Any] = {}
+    for label in ("before", "after"):
+        images = [
+            image
+            for (_, role, b, a) in rows
+            if role.startswith("subject")
+            for image in (b if label == "before" else a)
+        ]
+        measured[label] = {"subject_score": float(subject_scores(images, subject.identity).mean())}
+    kept = total = 0
+    for _, role, before, after in rows:
+        if role.startswith("subject"):
+            continue
+        for old, new in zip(judge(before), judge(after), strict=True):
+            same = (old.objects, old.background_colour, old.background_pattern) == (
+                new.objects,
+                new.background_colour,
+                new.background_pattern,
+            )
+            kept += same
+            total += 1
+    measured["prior_unchanged"] = kept / total if total else None
+    return measured
+
+
+def run_demo(
+    out: str | Path = "cones-demo",
+    model: str | Path | None = None,
+    images: str | Path | None = None,
+    subject: str = "sks",
+    token: str | None = None,
+    class_word: str | None = None,
+    steps: int = DEMO_STEPS,
+    lr: float = DEMO_LR,
+    sparsity: float = DEMO_SPARSITY,
+    num_class_images: int = DEMO_CLASS_IMAGES,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo and return its report (also written to ``out/report.json``).
+
+    Default: the bundled world and its subject ``subject`` (``sks`` star).
+    ``model`` (a diffusers SD folder) and ``images`` (with ``token`` and
+    ``class_word``) replace them; the judge's metrics are only measured on
+    the bundled world, which is what it was trained on.
+    """
+    import conesrt
+
+    from . import world
+    from .train import train_concept
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundled = model is None
+    model_dir = Path(model) if model is not None else world.MODEL_DIR
+    if images is None:
+        if not bundled:
+            raise UsageError("with --model, give the subject's --images (and --token, --class-word)")
+        try:
+            chosen = world.subject(subject)
+        except KeyError as error:
+            raise UsageError(str(error.args[0])) from None
+        the_subject = DemoSubject(chosen.token, chosen.class_word, chosen.image_paths[0].parent, chosen)
+    else:
+        if not class_word:
+            raise UsageError("with --images, give --class-word (and --token, default sks)")
+        the_subject = DemoSubject(token or "sks", class_word, Path(images))
+
+    size = world.IMAGE_SIZE if bundled else 512
+    steps_sampling = world.NUM_INFERENCE_STEPS if bundled else 30
+    guidance = world.GUIDANCE_SCALE if bundled else 7.5
+    prompts = (
+        _world_prompts(the_subject)
+        if bundled
+        else [
+            (f"a photo of a {the_subject.token} {the_subject.class_word}", "subject"),
+            (f"a photo of a {the_subject.class_word}", "prior"),
+        ]
+    )
+
+    timings: dict[str, float] = {}
+    pipe = world.load_pipeline(model_dir)  # any diffusers SD folder, offline
+    pipe.to(device)
+    digest_before = unet_digest(pipe.unet)
+
+    clock = time.perf_counter()
+    before = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size)
+    timings["generate_before_s"] = time.perf_counter() - clock
+
+    container_path = out / f"{the_subject.token}-{the_subject.class_word}.cones"
+    clock = time.perf_counter()
+    result = train_concept(
+        model=model_dir,
+        images=the_subject.images,
+        token=the_subject.token,
+        class_word=the_subject.class_word,
+        prompt=f"a photo of a {the_subject.token} {the_subject.class_word}",
+        class_prompt=f"a photo of a {the_subject.class_word}",
+        class_images=out / "prior-images",
+        num_class_images=num_class_images,
+        class_image_steps=steps_sampling,
+        steps=steps,
+        lr=lr,
+        sparsity=sparsity,
+        resolution=size,
+        seed=seed,
+        device=device,
+        out=container_path,
+        overwrite=True,
+        progress=progress,
+    )
+    timings["train_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    handle = conesrt.apply(pipe, container_path)
+    timings["apply_ms"] = 1e3 * (time.perf_counter() - clock)
+    clock = time.perf_counter()
+    after = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size)
+    timings["generate_after_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    handle.remove()
+    timings["remove_ms"] = 1e3 * (time.perf_counter() - clock)
+    digest_after = unet_digest(pipe.unet)
+
+    rows = [(prompt, role, b, a) for (prompt, role), b, a in zip(prompts, before, after, strict=True)]
+    draw_grid([(prompt, b, a) for prompt, _, b, a in rows], out / "grid.png")
+    report: dict[str, Any] = {
+        "subject": {
+            "token": the_subject.token,
+            "class_word": the_subject.class_word,
+            "images": str(the_subject.images),
+        },
+        "model": str(model_dir),
+        "container": str(container_path),
+        "container_bytes": container_path.stat().st_size,
+        "floor_bytes": result.report["floor_bytes"],
+        "shut": result.report["shut"],
+        "searched": result.report["searched"],
+        "sparsity": result.report["sparsity"],
+        "train": {
+            "steps": steps,
+            "lr": lr,
+            "seconds_per_step": result.report["seconds_per_step"],
+            "seed": seed,
+        },
+        "prompts": [{"prompt": p, "role": r} for p, r, _, _ in rows],
+        "seeds": list(SEEDS),
+        "timings": timings,
+        "bit_identical_after_remove": digest_before == digest_after,
+        "unet_sha256": digest_before,
+    }
+    if bundled and the_subject.identity is not None:
+        report |= _judge_rows(rows, the_subject)
+    report["total_s"] = time.perf_counter() - started
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    if not report["bit_identical_after_remove"]:
+        raise RuntimeError("the UNet differs after remove: this is a bug, please report it")
+    return report
