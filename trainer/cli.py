@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_search_options(refine, steps=1000, lr=3e-5)
     refine.set_defaults(handler=_refine)
 
-    from .demo import DEMO_LR, DEMO_SPARSITY, DEMO_STEPS
+    from .demo import DEMO_CLASS_IMAGES, DEMO_LR, DEMO_PRIOR_WEIGHT, DEMO_SPARSITY, DEMO_STEPS
 
     demo = subparsers.add_parser(
         "demo",
@@ -128,6 +128,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--lr", type=float, default=DEMO_LR, help=f"xi-descent step (default {DEMO_LR:g})")
     demo.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help=f"default {DEMO_SPARSITY:g}")
+    demo.add_argument(
+        "--num-class-images",
+        type=int,
+        default=DEMO_CLASS_IMAGES,
+        help=f"prior images (default {DEMO_CLASS_IMAGES})",
+    )
+    demo.add_argument(
+        "--prior-weight",
+        type=float,
+        default=DEMO_PRIOR_WEIGHT,
+        help=f"lambda (default {DEMO_PRIOR_WEIGHT:g})",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -147,6 +159,8 @@ def _demo(args: argparse.Namespace) -> int:
         steps=args.steps,
         lr=args.lr,
         sparsity=args.sparsity,
+        num_class_images=args.num_class_images,
+        prior_weight=args.prior_weight,
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,

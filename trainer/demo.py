@@ -28,6 +28,7 @@ DEMO_STEPS = 300
 DEMO_LR = 1e-3
 DEMO_SPARSITY = 0.02
 DEMO_CLASS_IMAGES = 32
+DEMO_PRIOR_WEIGHT = 1.0
 SEEDS = (0, 1, 2, 3)
 
 
@@ -159,6 +160,7 @@ def run_demo(
     lr: float = DEMO_LR,
     sparsity: float = DEMO_SPARSITY,
     num_class_images: int = DEMO_CLASS_IMAGES,
+    prior_weight: float = DEMO_PRIOR_WEIGHT,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -225,6 +227,7 @@ def run_demo(
         class_prompt=f"a photo of a {the_subject.class_word}",
         class_images=out / "prior-images",
         num_class_images=num_class_images,
+        prior_weight=prior_weight,
         class_image_steps=steps_sampling,
         steps=steps,
         lr=lr,
@@ -267,7 +270,9 @@ def run_demo(
         "train": {
             "steps": steps,
             "lr": lr,
+            "prior_weight": prior_weight,
             "seconds_per_step": result.report["seconds_per_step"],
+            "xi_travel": result.report["xi_travel"],
             "seed": seed,
         },
         "prompts": [{"prompt": p, "role": r} for p, r, _, _ in rows],

@@ -33,6 +33,8 @@ class DescentLog:
     losses: list[float] = field(default_factory=list)
     parts: list[dict[str, float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    #: How far xi moved from 1 on the chosen entries: 1 - xi at the median and at most.
+    xi_travel: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds_per_step(self) -> float:

@@ -12,6 +12,9 @@ import torch
 
 from conesfmt.summary import floor_bytes
 
+#: Below this 1 - xi on every chosen entry, the descent stayed in its first-order regime.
+FIRST_ORDER = 0.05
+
 
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this run: CUDA's allocator peak, else the process's peak resident set."""
@@ -30,6 +33,7 @@ def make_report(
     total_seconds: float,
     peak_bytes: int,
     wanted: int | None = None,
+    xi_travel: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Counts per layer and in total, sparsity, size against the floor, time and memory."""
     total_numel = sum(numels.values())
@@ -50,6 +54,7 @@ def make_report(
         "seconds_per_step": seconds_per_step,
         "total_seconds": total_seconds,
         "peak_memory_bytes": peak_bytes,
+        "xi_travel": xi_travel or {},
     }
 
 
@@ -66,6 +71,16 @@ def format_report(report: dict[str, Any], title: str) -> str:
             f"  note: asked for {report['asked_for']:,} entries but only {report['shut']:,} have xi < 1; "
             "train longer or with a larger --lr"
         )
+    travel = report["xi_travel"]
+    if travel:
+        lines.append(
+            f"  xi of the chosen entries: 1 - xi = {travel['median']:.2g} (median), {travel['max']:.2g} (max)"
+        )
+        if travel["max"] < FIRST_ORDER:
+            lines.append(
+                "  note: xi barely moved, so the mask ranks first-order saliency (theta * dL/dtheta), while "
+                "shutting moves xi all the way to 0; a larger --lr lets xi travel (docs/method-notes.md)"
+            )
     ratio = report["ratio_to_floor"]
     lines.append(
         f"  file {report['file_bytes']:,} bytes; floor log2 C(N,k)/8 = {report['floor_bytes']:,.0f} bytes"

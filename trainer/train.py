@@ -163,6 +163,10 @@ def descend(
         progress=config.progress,
     )
     neurons, wanted = select_neurons(search, config)
+    deltas = search.deltas()
+    chosen = np.concatenate([deltas[key][neurons[key]] for key in neurons] or [np.zeros(0)])
+    if chosen.size:
+        log.xi_travel = {"median": float(np.median(chosen)), "max": float(chosen.max())}
     return neurons, wanted, log
 
 
@@ -189,6 +193,7 @@ def finish(
         time.perf_counter() - started,
         peak_memory_bytes(accelerator.device),
         wanted,
+        log.xi_travel,
     )
     if config.progress and accelerator.is_main_process:
         print(format_report(report, f"concept {name!r} -> {out}"))
