@@ -7,8 +7,8 @@ the offset where each 65,536-entry bucket starts. For the SD 1.x K/V tensors
 about 1 ns per index.
 
 >>> compact = CompactIndices(np.array([3, 70_000, 70_001]))
->>> compact.decode().tolist(), compact.nbytes
-([3, 70000, 70001], 22)
+>>> compact.decode().tolist(), compact.nbytes  # 3 x 2 bytes, plus 3 bucket offsets of 8
+([3, 70000, 70001], 30)
 """
 
 from __future__ import annotations

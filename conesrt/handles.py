@@ -8,15 +8,17 @@
 from __future__ import annotations
 
 import itertools
-import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .fit import check_fits
 from .ledger import LOCK, Shutting, existing_ledger, restore, shut
 from .sources import ContainerLike, load_containers, select_concepts
 from .targets import resolve
 from .torch_model import torch_value_reader
+
+if TYPE_CHECKING:
+    import torch
 
 _SERIAL = itertools.count()
 
@@ -35,12 +37,14 @@ class Handle:
     ``remove()`` may be called any number of times. ``saved_bytes`` is the
     memory the handle keeps: the base values of the entries it shut (in the
     weights' dtype), the index sets at about 2 bytes per index, and a bit per
-    index.
+    index. Until removed, the handle also holds a reference to each weight it
+    changed, so that ``remove()`` reaches it even when the target was a
+    short-lived state dict (``conesrt.apply(unet.state_dict(), ...)``).
     """
 
     def __init__(self) -> None:
         self._serial = next(_SERIAL)
-        self._shuttings: list[tuple[weakref.ref, str, Shutting]] = []
+        self._shuttings: list[tuple[torch.Tensor, str, Shutting]] = []
         self._concepts: list[tuple[str, str]] = []
 
     @property
@@ -61,8 +65,8 @@ class Handle:
         """Restore every entry this handle shut that no other active handle still shuts."""
         with LOCK:
             while self._shuttings:
-                tensor_ref, key, shutting = self._shuttings.pop()
-                restore(tensor_ref(), key, shutting)
+                tensor, key, shutting = self._shuttings.pop()
+                restore(tensor, key, shutting)
             self._concepts.clear()
 
     def __enter__(self) -> Handle:
@@ -126,7 +130,7 @@ def apply(
             for source, name, key, indices in work:
                 tensor = tensors[key]
                 shutting = shut(tensor, key, indices, (source, name), handle)
-                handle._shuttings.append((weakref.ref(tensor), key, shutting))
+                handle._shuttings.append((tensor, key, shutting))
         except BaseException:
             handle.remove()
             raise

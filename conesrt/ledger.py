@@ -76,14 +76,55 @@ _LEDGERS: dict[int, TensorLedger] = {}
 _BY_MEMORY: dict[tuple[str, int], int] = {}
 
 
+def _memory(tensor: torch.Tensor) -> tuple[str, int]:
+    return str(tensor.device), tensor.data_ptr()
+
+
+def _own_ledger(tensor: torch.Tensor) -> TensorLedger | None:
+    """The ledger made for this very tensor object, its memory key kept current.
+
+    ``module.to(...)`` and ``.half()`` swap a parameter's storage but keep the
+    object, so the ledger follows the object and its memory key is updated.
+    """
+    ledger = _LEDGERS.get(id(tensor))
+    if ledger is None or ledger.tensor() is not tensor:
+        return None
+    memory = _memory(tensor)
+    if (ledger.device, ledger.data_ptr) != memory:
+        if _BY_MEMORY.get((ledger.device, ledger.data_ptr)) == id(tensor):
+            del _BY_MEMORY[(ledger.device, ledger.data_ptr)]
+        ledger.device, ledger.data_ptr = memory
+        _BY_MEMORY[memory] = id(tensor)
+    return ledger
+
+
+def _ledger_by_memory(memory: tuple[str, int]) -> TensorLedger | None:
+    """The ledger of another live tensor object whose storage is ``memory`` right now.
+
+    Stale keys (the tensor moved to another device or dtype, and its old
+    memory was reused by someone else) are dropped, never trusted.
+    """
+    owner = _BY_MEMORY.get(memory)
+    if owner is None:
+        return None
+    ledger = _LEDGERS.get(owner)
+    tensor = ledger.tensor() if ledger is not None else None
+    if tensor is None or _memory(tensor) != memory:
+        del _BY_MEMORY[memory]
+        if tensor is not None:
+            _own_ledger(tensor)  # re-key it under its current memory
+        return None
+    return ledger
+
+
 def ledger_for(tensor: torch.Tensor, key: str) -> TensorLedger:
     """The ledger of ``tensor``, created on first use."""
-    ledger = _LEDGERS.get(id(tensor))
+    ledger = _own_ledger(tensor)
     if ledger is not None:
         return ledger
-    memory = (str(tensor.device), tensor.data_ptr())
-    owner = _BY_MEMORY.get(memory)
-    if owner is not None and owner in _LEDGERS and _LEDGERS[owner].shuttings:
+    memory = _memory(tensor)
+    other = _ledger_by_memory(memory)
+    if other is not None and other.shuttings:
         raise RuntimeError(
             f"weight {key!r} is already shut through another tensor object over the same memory "
             "(e.g. a state_dict() copy); apply and remove through one object, such as the module"
@@ -91,9 +132,9 @@ def ledger_for(tensor: torch.Tensor, key: str) -> TensorLedger:
     identity = id(tensor)
 
     def forget(_: weakref.ref) -> None:
-        _LEDGERS.pop(identity, None)
-        if _BY_MEMORY.get(memory) == identity:
-            del _BY_MEMORY[memory]
+        ledger = _LEDGERS.pop(identity, None)
+        if ledger is not None and _BY_MEMORY.get((ledger.device, ledger.data_ptr)) == identity:
+            del _BY_MEMORY[(ledger.device, ledger.data_ptr)]
 
     ledger = TensorLedger(weakref.ref(tensor, forget), *memory)
     _LEDGERS[identity] = ledger
@@ -103,11 +144,7 @@ def ledger_for(tensor: torch.Tensor, key: str) -> TensorLedger:
 
 def existing_ledger(tensor: torch.Tensor) -> TensorLedger | None:
     """The ledger of ``tensor``, or of another tensor object over the same memory."""
-    ledger = _LEDGERS.get(id(tensor))
-    if ledger is None:
-        owner = _BY_MEMORY.get((str(tensor.device), tensor.data_ptr()))
-        ledger = _LEDGERS.get(owner) if owner is not None else None
-    return ledger
+    return _own_ledger(tensor) or _ledger_by_memory(_memory(tensor))
 
 
 def base_values(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
@@ -148,20 +185,20 @@ def shut(
     ledger = ledger_for(tensor, key)
     weights = flat(tensor, key)
     positions = _as_index(indices, weights.device)
+    compact = CompactIndices(indices)
     with torch.no_grad():
         values = weights.index_select(0, positions)
         owned = values.view(_BITS[values.element_size()]) != 0
         # The first shutting of a weight owns everything it shuts: no selection needed.
         saved = values if bool(owned.all()) else values[owned]
-        weights.index_fill_(0, positions, 0)
-    shutting = Shutting(
-        label,
-        handle,
-        CompactIndices(indices),
-        np.packbits(owned.cpu().numpy()),
-        saved,
-    )
-    ledger.shuttings.append(shutting)
+        shutting = Shutting(label, handle, compact, np.packbits(owned.cpu().numpy()), saved)
+        ledger.shuttings.append(shutting)
+        try:
+            weights.index_fill_(0, positions, 0)
+        except BaseException:
+            ledger.shuttings.remove(shutting)
+            weights.index_copy_(0, positions, values)  # every value as read, zeros included
+            raise
     return shutting
 
 
@@ -176,10 +213,13 @@ def _as_index(indices: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(indices).to(device)
 
 
-def restore(tensor: torch.Tensor | None, key: str, shutting: Shutting) -> None:
-    """Remove ``shutting``: hand over what others still shut, write the rest back."""
-    if tensor is None:
-        return  # the model is gone; nothing to restore
+def restore(tensor: torch.Tensor, key: str, shutting: Shutting) -> None:
+    """Remove ``shutting``: hand over what others still shut, write the rest back.
+
+    Values are written back in the weight's current dtype: after a round trip
+    such as fp32 -> fp16 -> fp32 while applied, the restored entries are the
+    exact fp32 base, the others carry the round trip's rounding.
+    """
     ledger = existing_ledger(tensor)
     if ledger is None or shutting not in ledger.shuttings:
         return

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from conesfmt.files import replacing
+
 from .base_model import BaseModel
 from .config import IMAGE_SUFFIXES, image_files
 
@@ -94,6 +96,11 @@ def class_image_folder(base: BaseModel, prompt: str, resolution: int, seed: int,
     return Path.home() / ".cache" / "cones" / "class-images" / key
 
 
+def image_seed(seed: int, number: int) -> int:
+    """The generator seed of prior image ``number`` in a run seeded ``seed``."""
+    return (seed * 1_000_003 + number) % (1 << 63)
+
+
 @torch.no_grad()
 def ensure_class_images(
     base: BaseModel,
@@ -129,22 +136,25 @@ def ensure_class_images(
             requires_safety_checker=False,
         )
         pipe.set_progress_bar_config(disable=True)
-        generator = torch.Generator().manual_seed(seed)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=missing, desc=f"prior images for {prompt!r}", disable=not progress, unit="image")
         made = 0
         while made < missing:
             n = min(batch_size, missing - made)
+            # One generator per image, seeded by its number: a top-up never repeats an image,
+            # and image k is the same whatever the batch size.
+            numbers = range(len(existing) + made, len(existing) + made + n)
             images = pipe(
                 [prompt] * n,
                 num_inference_steps=steps,
                 height=resolution,
                 width=resolution,
-                generator=generator,
+                generator=[torch.Generator().manual_seed(image_seed(seed, k)) for k in numbers],
             ).images
-            for image in images:
-                image.save(folder / f"{len(existing) + made:05d}.png")
+            for number, image in zip(numbers, images, strict=True):
+                with replacing(folder / f"{number:05d}.png") as temporary:
+                    image.save(temporary, format="PNG")
                 made += 1
             bar.update(n)
         bar.close()

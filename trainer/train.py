@@ -79,14 +79,14 @@ def prepare_subject(
 ) -> Subject:
     """Encode a subject's images and prompts, and its prior's (generating prior images if needed).
 
-    With several processes, only the main one generates missing prior images;
-    the others wait for it, then read the same folder.
+    With several processes, only the main one on each machine generates
+    missing prior images; the others wait for it, then read the same folder.
     """
     bank = encode_images(base, image_files(images), config.resolution, config.flip)
     subject = Subject(name, bank, encode_prompt(base, instance_prompt), prior_weight=config.prior_weight)
     if config.prior_weight > 0:
         folder = class_image_folder(base, prior_prompt, config.resolution, config.seed, class_images)
-        if accelerator is None or accelerator.is_main_process:
+        if accelerator is None or accelerator.is_local_main_process:
             ensure_class_images(
                 base,
                 folder,
@@ -213,18 +213,19 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
     started = time.perf_counter()
     keys = select_layers(unet_keys(config.model), config.layers)
     accelerator, base = start(config)
+    # Prior images come from the base model itself, before --keep-shut changes it.
+    subject = prepare_subject(
+        base,
+        config.concept_name,
+        config.images,
+        config.instance_prompt,
+        config.prior_prompt,
+        config,
+        config.class_images,
+        accelerator,
+    )
     keep_shut = conesrt.apply(base.unet, config.keep_shut) if config.keep_shut else None
     try:
-        subject = prepare_subject(
-            base,
-            config.concept_name,
-            config.images,
-            config.instance_prompt,
-            config.prior_prompt,
-            config,
-            config.class_images,
-            accelerator,
-        )
         neurons, wanted, log = descend(config, base, keys, [subject], accelerator)
         settings = config.settings() | {
             "subject_images": len(subject.instance),

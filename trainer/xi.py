@@ -90,7 +90,9 @@ def neurons_by_sparsity(
     flat = np.concatenate([deltas[key] for key in keys]) if keys else np.zeros(0, np.float32)
     wanted = int(round(fraction * flat.size))
     candidates = np.flatnonzero(flat > 0)
-    if candidates.size > wanted:
+    if wanted == 0:
+        candidates = candidates[:0]
+    elif candidates.size > wanted:
         values = flat[candidates]
         cut = np.partition(values, candidates.size - wanted)[candidates.size - wanted]  # the k-th largest
         above = candidates[values > cut]

@@ -247,6 +247,38 @@ def test_moving_the_model_after_apply_still_restores(unet) -> None:
     assert_bit_identical(unet, base)
 
 
+def test_applying_to_a_dropped_state_dict_copy_still_restores(unet) -> None:
+    import gc
+
+    container = random_container(unet, seed=18)
+    base = snapshot(unet)
+    handle = conesrt.apply(unet.state_dict(), container)  # the dict and its tensors are dropped at once
+    gc.collect()
+    assert not torch.equal(
+        unet.state_dict()[cross_attention_keys(unet)[0]], base[cross_attention_keys(unet)[0]]
+    )
+    handle.remove()
+    assert_bit_identical(unet, base)
+
+
+def test_memory_reused_after_a_move_is_not_mistaken_for_the_old_weight(unet) -> None:
+    container = random_container(unet, seed=19)
+    key = cross_attention_keys(unet)[0]
+    parameter = unet.state_dict(keep_vars=True)[key]
+    handle = conesrt.apply(unet, container)
+    old_memory = ("cpu", parameter.data_ptr())
+    unet.half()  # the parameter object stays, its storage moves
+    stranger = torch.ones(parameter.numel(), dtype=torch.float32)
+    assert ledger.existing_ledger(parameter) is not None
+    # Whatever now lives at the old address is a stranger, even if the allocator reused it.
+    assert ledger._ledger_by_memory(old_memory) is None
+    assert ledger.existing_ledger(stranger) is None
+    assert torch.equal(
+        ledger.base_values(stranger, np.arange(4)), torch.ones(4)
+    )  # no saved values of the UNet's weight leak into it
+    handle.remove()
+
+
 def test_compiled_unet_sees_the_change_without_recompiling(unet) -> None:
     import torch._dynamo
 

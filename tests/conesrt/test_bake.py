@@ -75,6 +75,20 @@ def test_bake_from_a_pipeline_folder_in_place(tmp_path: Path) -> None:
     assert_bit_identical(UNet2DConditionModel.from_pretrained(model), applied)
 
 
+def test_stacking_on_a_baked_file_needs_strict_false(tmp_path: Path) -> None:
+    """Documented in the README: bake every subject in one call."""
+    model = saved_unet(tmp_path / "unet")
+    unet = UNet2DConditionModel.from_pretrained(model)
+    first, second = (random_container(unet, seed=s, density=0.3, names=(f"c{s}",)) for s in (6, 7))
+    once = conesrt.bake(model, [first, second], tmp_path / "once.safetensors")
+    baked = conesrt.bake(model, [first], tmp_path / "first.safetensors")
+    with pytest.raises(conesrt.FingerprintMismatch):
+        conesrt.bake(baked, [second], tmp_path / "stacked.safetensors")
+    with pytest.warns(UserWarning):
+        stacked = conesrt.bake(baked, [second], tmp_path / "stacked.safetensors", strict=False)
+    assert stacked.read_bytes() == once.read_bytes()
+
+
 def cones(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CONES, *args], capture_output=True, text=True)
 

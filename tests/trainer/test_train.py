@@ -106,3 +106,29 @@ def test_keep_shut_trains_beside_another_concept(world, trained: Path, tmp_path:
         pass
     assert all(torch.equal(v, before[k]) for k, v in base.unet.state_dict().items())
     assert "red.cones" in second.container.concepts["zwx square"].metadata["training"]
+
+
+def test_prior_images_top_up_without_repeats(world, tmp_path: Path) -> None:
+    from trainer.data import ensure_class_images
+
+    base = load_base_model(world["model"], torch.device("cpu"), torch.float32)
+    make = dict(prompt="a photo of a square", resolution=32, steps=2, seed=0, progress=False)
+    ensure_class_images(base, tmp_path / "topped", count=2, batch_size=2, **make)
+    topped = ensure_class_images(base, tmp_path / "topped", count=4, batch_size=2, **make)
+    at_once = ensure_class_images(base, tmp_path / "once", count=4, batch_size=3, **make)
+    images = [path.read_bytes() for path in topped]
+    assert len(set(images)) == 4  # the top-up drew new images, not the first two again
+    assert images == [path.read_bytes() for path in at_once]  # image k does not depend on batches
+
+
+def test_keep_shut_does_not_change_the_prior_images(world, trained: Path, tmp_path: Path) -> None:
+    from trainer.data import ensure_class_images
+
+    options = train_options(world, keep_shut=[trained], class_images=tmp_path / "prior", steps=2)
+    train_concept(**options | {"out": tmp_path / "x.cones"})
+    base = load_base_model(world["model"], torch.device("cpu"), torch.float32)
+    expected = ensure_class_images(
+        base, tmp_path / "base-prior", "photo of a square", 4, 32, 2, seed=0, progress=False
+    )
+    made = sorted((tmp_path / "prior").glob("*.png"))
+    assert [p.read_bytes() for p in made] == [p.read_bytes() for p in expected]

@@ -132,6 +132,9 @@ def test_sparsity_takes_the_smallest_xi_across_layers() -> None:
     chosen, wanted = neurons_by_sparsity(deltas, fraction=6 / 7)
     assert wanted == 6 and sum(v.size for v in chosen.values()) == 5
     assert 2 not in chosen["b"] and 1 not in chosen["a"]
+    # a fraction that rounds to no entry at all chooses none
+    chosen, wanted = neurons_by_sparsity(deltas, fraction=0.01)
+    assert wanted == 0 and all(v.size == 0 for v in chosen.values())
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
