@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .fit import check_fits
@@ -37,14 +38,16 @@ class Handle:
     ``remove()`` may be called any number of times. ``saved_bytes`` is the
     memory the handle keeps: the base values of the entries it shut (in the
     weights' dtype), the index sets at about 2 bytes per index, and a bit per
-    index. Until removed, the handle also holds a reference to each weight it
-    changed, so that ``remove()`` reaches it even when the target was a
-    short-lived state dict (``conesrt.apply(unet.state_dict(), ...)``).
+    index. When the target was a state dict, the handle also holds its
+    tensors until removed, so that ``remove()`` reaches the weights even when
+    the dict was a short-lived copy (``conesrt.apply(unet.state_dict(), ...)``);
+    a module's or pipeline's weights are held weakly, as the model holds them.
     """
 
     def __init__(self) -> None:
         self._serial = next(_SERIAL)
-        self._shuttings: list[tuple[torch.Tensor, str, Shutting]] = []
+        # (a callable giving the weight or None once it is gone, state-dict key, shutting)
+        self._shuttings: list[tuple[Callable[[], torch.Tensor | None], str, Shutting]] = []
         self._concepts: list[tuple[str, str]] = []
 
     @property
@@ -65,8 +68,8 @@ class Handle:
         """Restore every entry this handle shut that no other active handle still shuts."""
         with LOCK:
             while self._shuttings:
-                tensor, key, shutting = self._shuttings.pop()
-                restore(tensor, key, shutting)
+                weight, key, shutting = self._shuttings.pop()
+                restore(weight(), key, shutting)
             self._concepts.clear()
 
     def __enter__(self) -> Handle:
@@ -125,12 +128,14 @@ def apply(
                 raise TypeError(
                     f"weight {key!r} has dtype {tensors[key].dtype}; only float weights can be shut"
                 )
+        # A module keeps its weights alive; a state dict may be a temporary copy of views.
+        hold = (lambda t: lambda: t) if isinstance(target, Mapping) else weakref.ref
         handle = Handle()
         try:
             for source, name, key, indices in work:
                 tensor = tensors[key]
                 shutting = shut(tensor, key, indices, (source, name), handle)
-                handle._shuttings.append((tensor, key, shutting))
+                handle._shuttings.append((hold(tensor), key, shutting))
         except BaseException:
             handle.remove()
             raise

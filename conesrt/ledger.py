@@ -132,8 +132,10 @@ def ledger_for(tensor: torch.Tensor, key: str) -> TensorLedger:
     identity = id(tensor)
 
     def forget(_: weakref.ref) -> None:
-        ledger = _LEDGERS.pop(identity, None)
-        if ledger is not None and _BY_MEMORY.get((ledger.device, ledger.data_ptr)) == identity:
+        if _LEDGERS.get(identity) is not ledger:
+            return  # the id was reused and has a new ledger
+        del _LEDGERS[identity]
+        if _BY_MEMORY.get((ledger.device, ledger.data_ptr)) == identity:
             del _BY_MEMORY[(ledger.device, ledger.data_ptr)]
 
     ledger = TensorLedger(weakref.ref(tensor, forget), *memory)
@@ -192,13 +194,8 @@ def shut(
         # The first shutting of a weight owns everything it shuts: no selection needed.
         saved = values if bool(owned.all()) else values[owned]
         shutting = Shutting(label, handle, compact, np.packbits(owned.cpu().numpy()), saved)
-        ledger.shuttings.append(shutting)
-        try:
-            weights.index_fill_(0, positions, 0)
-        except BaseException:
-            ledger.shuttings.remove(shutting)
-            weights.index_copy_(0, positions, values)  # every value as read, zeros included
-            raise
+        weights.index_fill_(0, positions, 0)  # validated indices: writes all or raises before writing
+    ledger.shuttings.append(shutting)
     return shutting
 
 
@@ -213,13 +210,15 @@ def _as_index(indices: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(indices).to(device)
 
 
-def restore(tensor: torch.Tensor, key: str, shutting: Shutting) -> None:
+def restore(tensor: torch.Tensor | None, key: str, shutting: Shutting) -> None:
     """Remove ``shutting``: hand over what others still shut, write the rest back.
 
     Values are written back in the weight's current dtype: after a round trip
     such as fp32 -> fp16 -> fp32 while applied, the restored entries are the
     exact fp32 base, the others carry the round trip's rounding.
     """
+    if tensor is None:
+        return  # the model is gone; nothing to restore
     ledger = existing_ledger(tensor)
     if ledger is None or shutting not in ledger.shuttings:
         return

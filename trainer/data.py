@@ -12,6 +12,7 @@ cost. Prompts are encoded by the text encoder once.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,9 @@ def class_image_folder(base: BaseModel, prompt: str, resolution: int, seed: int,
     """Where generated prior images are cached: per model, prompt, resolution and seed."""
     if cache is not None:
         return Path(cache)
-    key = hashlib.sha256(f"{base.folder.resolve()}|{prompt}|{resolution}|{seed}".encode()).hexdigest()[:16]
+    # "v2": images seeded per number (trainer.data.image_seed); older caches are not mixed in.
+    key = f"v2|{base.folder.resolve()}|{prompt}|{resolution}|{seed}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "cones" / "class-images" / key
 
 
@@ -139,12 +142,14 @@ def ensure_class_images(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=missing, desc=f"prior images for {prompt!r}", disable=not progress, unit="image")
+        # Image k is named k and seeded by k: a top-up never repeats an image nor
+        # overwrites a file, and image k is the same whatever the batch size.
+        taken = {path.name for path in folder.iterdir()}
+        free = (k for k in itertools.count() if f"{k:05d}.png" not in taken)
         made = 0
         while made < missing:
             n = min(batch_size, missing - made)
-            # One generator per image, seeded by its number: a top-up never repeats an image,
-            # and image k is the same whatever the batch size.
-            numbers = range(len(existing) + made, len(existing) + made + n)
+            numbers = list(itertools.islice(free, n))
             images = pipe(
                 [prompt] * n,
                 num_inference_steps=steps,

@@ -266,17 +266,19 @@ def test_memory_reused_after_a_move_is_not_mistaken_for_the_old_weight(unet) -> 
     key = cross_attention_keys(unet)[0]
     parameter = unet.state_dict(keep_vars=True)[key]
     handle = conesrt.apply(unet, container)
-    old_memory = ("cpu", parameter.data_ptr())
+    shut_fp32 = snapshot(unet)
+    stranger = parameter.data  # another tensor object that will sit on the old memory
     unet.half()  # the parameter object stays, its storage moves
-    stranger = torch.ones(parameter.numel(), dtype=torch.float32)
-    assert ledger.existing_ledger(parameter) is not None
-    # Whatever now lives at the old address is a stranger, even if the allocator reused it.
-    assert ledger._ledger_by_memory(old_memory) is None
+    assert stranger.data_ptr() != parameter.data_ptr()
+    # Asked first about the stranger: the stale memory key must not lead to the UNet's ledger.
     assert ledger.existing_ledger(stranger) is None
-    assert torch.equal(
-        ledger.base_values(stranger, np.arange(4)), torch.ones(4)
-    )  # no saved values of the UNet's weight leak into it
+    positions = np.arange(stranger.numel())
+    assert torch.equal(ledger.base_values(stranger, positions), stranger.reshape(-1))  # its own zeros
+    assert torch.equal(stranger, shut_fp32[key])
+    assert ledger.existing_ledger(parameter) is not None  # the ledger followed the object
     handle.remove()
+    base_half = {k: v.half() for k, v in snapshot(tiny_unet(seed=0)).items()}
+    assert_bit_identical(unet, base_half)
 
 
 def test_compiled_unet_sees_the_change_without_recompiling(unet) -> None:
@@ -318,3 +320,15 @@ def test_a_merged_container_applies_like_its_parts(unet) -> None:
         subset = snapshot(unet)
     with conesrt.apply(unet, merged, concepts=["s21", "s23"]):
         assert_bit_identical(unet, subset)
+
+
+def test_a_dropped_model_is_freed_even_with_a_handle_not_removed() -> None:
+    import gc
+    import weakref
+
+    unet = tiny_unet(seed=0)
+    handle = conesrt.apply(unet, random_container(unet, seed=20))
+    gone = weakref.ref(unet.state_dict(keep_vars=True)[cross_attention_keys(unet)[0]])
+    del unet, handle
+    gc.collect()
+    assert gone() is None  # neither the handle nor the runtime's ledgers keep the weights alive

@@ -119,6 +119,12 @@ def test_prior_images_top_up_without_repeats(world, tmp_path: Path) -> None:
     images = [path.read_bytes() for path in topped]
     assert len(set(images)) == 4  # the top-up drew new images, not the first two again
     assert images == [path.read_bytes() for path in at_once]  # image k does not depend on batches
+    # A folder with a gap in the names: the user's file is kept, the gap and the next name filled.
+    (tmp_path / "gapped").mkdir()
+    (tmp_path / "gapped" / "00001.png").write_bytes(images[3])
+    filled = ensure_class_images(base, tmp_path / "gapped", count=3, batch_size=2, **make)
+    assert [p.name for p in filled] == ["00000.png", "00001.png", "00002.png"]
+    assert [p.read_bytes() for p in filled] == [images[0], images[3], images[2]]
 
 
 def test_keep_shut_does_not_change_the_prior_images(world, trained: Path, tmp_path: Path) -> None:
