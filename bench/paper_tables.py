@@ -242,7 +242,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--plot", type=Path, default=Path("docs/paper-tables.png"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument(
+        "--from-json", type=Path, help="print the tables and draw the plot from a saved --json run"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        settings = argparse.Namespace(**saved["settings"], plot=args.plot, json=None)
+        report(saved["results"], settings, saved["seconds"], when=saved["date"])
+        return
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
@@ -375,14 +383,16 @@ def main() -> None:
     report(results, args, time.perf_counter() - started)
 
 
-def report(results: list[dict], args, seconds: float) -> None:
+def report(results: list[dict], args, seconds: float, when: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "from_json")}
+        record = {"results": results, "settings": settings, "seconds": seconds, "date": str(date.today())}
+        args.json.write_text(json.dumps(record, indent=1))
     methods = [
         "base model",
         "base, described",
@@ -394,7 +404,8 @@ def report(results: list[dict], args, seconds: float) -> None:
     ]
     minutes = seconds / 60
     print(
-        f"\n# Tables 1 and 2 in miniature — {date.today()} — {platform.machine()}, CPU, {minutes:.0f} min\n"
+        f"\n# Tables 1 and 2 in miniature — {when or date.today()} — {platform.machine()}, CPU, "
+        f"{minutes:.0f} min\n"
     )
     print(
         f"{args.seeds} training seeds, {args.steps} xi-descent steps (rho {args.lr:g}), single-subject "
@@ -441,7 +452,7 @@ def report(results: list[dict], args, seconds: float) -> None:
                     ys.append(summary[(n, method, measure)][0])
                     es.append(summary[(n, method, measure)][1])
             if xs:
-                axis.bar(xs, ys, width, yerr=es, label=method, capsize=2)
+                axis.bar(xs, ys, width, yerr=es, label=method, capsize=2, color=f"C{offset}")
         axis.set_xticks([1, 2, 3], ["1 subject", "2 subjects", "3 subjects"])
         axis.set_ylim(0, 1)
         axis.set_title(title)
