@@ -104,15 +104,7 @@ class Sampler:
         self.pipe, self.count = pipe, count
 
     def __call__(self, prompt: str) -> list:
-        generators = [torch.Generator().manual_seed(seed) for seed in range(self.count)]
-        return self.pipe(
-            [prompt] * self.count,
-            num_inference_steps=world.NUM_INFERENCE_STEPS,
-            guidance_scale=world.GUIDANCE_SCALE,
-            height=world.IMAGE_SIZE,
-            width=world.IMAGE_SIZE,
-            generator=generators,
-        ).images
+        return world.sample(self.pipe, prompt, self.count)
 
 
 def score(sample: Sampler, subjects, base_priors: dict[str, list]) -> dict[str, float]:

@@ -86,15 +86,7 @@ def main() -> None:
     pipe = world.load_pipeline(model)
 
     def sample(prompt: str) -> list:
-        generators = [torch.Generator().manual_seed(seed) for seed in range(args.images)]
-        return pipe(
-            [prompt] * args.images,
-            num_inference_steps=world.NUM_INFERENCE_STEPS,
-            guidance_scale=world.GUIDANCE_SCALE,
-            height=world.IMAGE_SIZE,
-            width=world.IMAGE_SIZE,
-            generator=generators,
-        ).images
+        return world.sample(pipe, prompt, args.images)
 
     priors = [p.format(word=subject.class_word) for p in PRIOR_PROMPTS]
     base_priors = {p: judge(sample(p)) for p in priors}

@@ -65,6 +65,14 @@ def test_seeded_generation_is_deterministic(pipeline):
     np.testing.assert_array_equal(first, second)
 
 
+def test_world_sample_draws_image_i_from_seed_i(pipeline):
+    three = [np.asarray(image) for image in world.sample(pipeline, "a photo of a red star", 3)]
+    two = [np.asarray(image) for image in world.sample(pipeline, "a photo of a red star", 2)]
+    assert three[0].shape == (world.IMAGE_SIZE, world.IMAGE_SIZE, 3)
+    np.testing.assert_array_equal(three[1], two[1])  # image 1 is seed 1's, whatever the count
+    assert not np.array_equal(three[0], three[1])
+
+
 def test_tokenizer_encodes_rare_tokens_to_single_known_ids(pipeline):
     tokenizer = pipeline.tokenizer
     vocab = json.loads((world.MODEL_DIR / "tokenizer" / "vocab.json").read_text())

@@ -128,6 +128,26 @@ def load_pipeline(model_dir: str | Path = MODEL_DIR, **kwargs: Any) -> StableDif
     return pipeline
 
 
+def sample(pipeline: StableDiffusionPipeline, prompt: str, count: int) -> list:
+    """``count`` images for ``prompt`` at the world's settings, image ``i`` from seed ``i``.
+
+    The same prompt and count give the same images for the same weights, so
+    samples before and after an edit compare image by image.
+
+    >>> images = sample(load_pipeline(), "a photo of a red star", 8)  # doctest: +SKIP
+    """
+    import torch
+
+    return pipeline(
+        [prompt] * count,
+        num_inference_steps=NUM_INFERENCE_STEPS,
+        guidance_scale=GUIDANCE_SCALE,
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        generator=[torch.Generator().manual_seed(seed) for seed in range(count)],
+    ).images
+
+
 def model_index() -> dict[str, Any]:
     """The bundled folder's ``model_index.json`` (component classes), without importing torch.
 
@@ -146,6 +166,7 @@ __all__ = [
     "Subject",
     "load_pipeline",
     "model_index",
+    "sample",
     "subject",
     "subjects",
 ]
