@@ -15,6 +15,7 @@ A valid file: prints the decoded JSON (spec § 12) on stdout, exit status 0.
 An invalid file: prints one line on stderr, exit status 1. Anything else
 (a bug here) exits 2, so it cannot pass for a rejection.
 """
+
 import json
 import math
 import struct
@@ -64,7 +65,7 @@ class Cursor:
 
     def bytes(self, n, field):
         p = self.take(n, field)
-        return bytes(self.buf[p:p + n])
+        return bytes(self.buf[p : p + n])
 
     def u8(self, field):
         return self.buf[self.take(1, field)]
@@ -118,7 +119,7 @@ def check_zstd_frame(buf, start, length, expected, what):
     (RFC 8878) declaring content size `expected`, no dictionary, window
     <= 8 MiB.  Walks block headers to find the frame's exact end."""
     end = start + length
-    if length < 4 or bytes(buf[start:start + 4]) != ZSTD_MAGIC:
+    if length < 4 or bytes(buf[start : start + 4]) != ZSTD_MAGIC:
         fail(f"{what}: not a zstd frame")
     p = start + 4
     if p >= end:
@@ -144,7 +145,7 @@ def check_zstd_frame(buf, start, length, expected, what):
     did_size = (0, 1, 2, 4)[did_flag]
     if p + did_size > end:
         fail(f"{what}: zstd frame header truncated")
-    did = int.from_bytes(buf[p:p + did_size], "little")
+    did = int.from_bytes(buf[p : p + did_size], "little")
     p += did_size
     if did != 0:
         fail(f"{what}: zstd frame needs dictionary {did}")
@@ -153,7 +154,7 @@ def check_zstd_frame(buf, start, length, expected, what):
         fail(f"{what}: zstd frame does not declare its content size")
     if p + fcs_size > end:
         fail(f"{what}: zstd frame header truncated")
-    fcs = int.from_bytes(buf[p:p + fcs_size], "little")
+    fcs = int.from_bytes(buf[p : p + fcs_size], "little")
     if fcs_size == 2:
         fcs += 256
     p += fcs_size
@@ -169,7 +170,7 @@ def check_zstd_frame(buf, start, length, expected, what):
     while True:
         if p + 3 > end:
             fail(f"{what}: zstd frame truncated (block header) — frame spans past its length")
-        bh = int.from_bytes(buf[p:p + 3], "little")
+        bh = int.from_bytes(buf[p : p + 3], "little")
         p += 3
         last, btype, bsize = bh & 1, (bh >> 1) & 3, bh >> 3
         if btype == 3:
@@ -195,8 +196,7 @@ class PlaneReader:
     def __init__(self, buf, start, length, size, what):
         self.what, self.left = what, size
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-        self.reader = dctx.stream_reader(bytes(buf[start:start + length]),
-                                         read_across_frames=False)
+        self.reader = dctx.stream_reader(bytes(buf[start : start + length]), read_across_frames=False)
 
     def read(self, n):
         parts, got = [], 0
@@ -237,8 +237,7 @@ def parse_layr(cur, minor):
             fail(f"LAYR: layer key {key!r} " + ("duplicate" if kraw == prev else "out of order"))
         prev = kraw
         draw, dtype = cur.string(8, 0, 16, f"layer {i} dtype")
-        if any(not (c == 0x5F or 0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A)
-               for c in draw):
+        if any(not (c == 0x5F or 0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) for c in draw):
             fail(f"LAYR: layer {i} dtype {dtype!r} has characters outside A-Z a-z 0-9 _")
         ndim = cur.u8(f"layer {i} ndim")
         if not 1 <= ndim <= 8:
@@ -270,8 +269,7 @@ def parse_fprt(cur, minor, layers):
         if not math.isfinite(v):
             fail("FPRT: sample value is not finite")
     cur.finish(minor)
-    return {"samples_per_layer": s,
-            "values": [list(vals[i * s:(i + 1) * s]) for i in range(len(layers))]}
+    return {"samples_per_layer": s, "values": [list(vals[i * s : (i + 1) * s]) for i in range(len(layers))]}
 
 
 def parse_cnpt(cur, minor, layers, buf):
@@ -307,14 +305,22 @@ def parse_cnpt(cur, minor, layers, buf):
     planes = [sum(c for _, c, w in entries if w > j) for j in range(w_max)]
     for j, ((p, ln), size) in enumerate(zip(frames, planes, strict=True)):
         check_zstd_frame(buf, p, ln, size, f"{what} frame {j}")
-    return {"name": name, "metadata": meta, "entries": entries,
-            "frames": frames, "planes": planes, "what": what}
+    return {
+        "name": name,
+        "metadata": meta,
+        "entries": entries,
+        "frames": frames,
+        "planes": planes,
+        "what": what,
+    }
 
 
 def iter_indices(c, layers, buf):
     """Yield (layer index, array of indices) blocks; validates as it goes."""
-    readers = [PlaneReader(buf, p, ln, size, f"{c['what']} frame {j}")
-               for j, ((p, ln), size) in enumerate(zip(c["frames"], c["planes"], strict=True))]
+    readers = [
+        PlaneReader(buf, p, ln, size, f"{c['what']} frame {j}")
+        for j, ((p, ln), size) in enumerate(zip(c["frames"], c["planes"], strict=True))
+    ]
     little = sys.byteorder == "little"
     for li, count, w in c["entries"]:
         numel = layers[li]["numel"]
@@ -374,7 +380,7 @@ def parse(buf):
             fail("trailing bytes after CEND")
         if n - pos < 8:
             fail("truncated section header")
-        tag = bytes(buf[pos:pos + 4])
+        tag = bytes(buf[pos : pos + 4])
         if not all(0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A for c in tag):
             fail(f"invalid section tag {tag!r}")
         length = struct.unpack_from("<I", buf, pos + 4)[0]
@@ -431,8 +437,10 @@ def parse(buf):
 def emit(out, buf, version, layers, fprt, meta, concepts):
     d = json.dumps
     table = [{"key": row["key"], "dtype": row["dtype"], "shape": row["shape"]} for row in layers]
-    out.write(f'{{"version": {d(list(version))}, "layers": {d(table)}, '
-              f'"fingerprint": {d(fprt)}, "metadata": {d(meta)}, "concepts": [')
+    out.write(
+        f'{{"version": {d(list(version))}, "layers": {d(table)}, '
+        f'"fingerprint": {d(fprt)}, "metadata": {d(meta)}, "concepts": ['
+    )
     for ci, c in enumerate(concepts):
         head = f'{{"name": {d(c["name"])}, "metadata": {d(c["metadata"])}, "indices": {{'
         out.write(("," if ci else "") + head)
