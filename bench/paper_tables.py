@@ -176,20 +176,34 @@ def union_container(containers: list[conesfmt.Container]) -> conesfmt.Container:
     return conesfmt.Container(first.layers, {"union": indices}, first.fingerprint)
 
 
+def shared_settings(model: Path, args, seed: int) -> dict:
+    """The settings every trained method shares: the same data, prior, steps, rho and seed."""
+    return dict(
+        model=model,
+        num_class_images=args.class_images,
+        class_image_steps=world.NUM_INFERENCE_STEPS,
+        steps=args.steps,
+        lr=args.lr,
+        prior_weight=args.prior_weight,
+        resolution=world.IMAGE_SIZE,
+        seed=seed,
+        device="cpu",
+        overwrite=True,
+        progress=False,
+    )
+
+
+def prior_folder(folder: Path, class_word: str) -> Path:
+    """Where the prior images of a class word are generated once and shared by every method."""
+    return folder / f"prior-{class_word}"
+
+
 def custom_diffusion(
     model: Path, subjects, data: dict, args, seed: int, folder: Path
 ) -> dict[str, torch.Tensor]:
     """A plain fine-tune of the attn2 to_k/to_v weights on all subjects (AdamW), as Custom Diffusion."""
     base = load_base_model(model, torch.device("cpu"), torch.float32)
-    config = TrainConfig(
-        model=model,
-        images=data[subjects[0].token],
-        resolution=world.IMAGE_SIZE,
-        num_class_images=args.class_images,
-        class_image_steps=world.NUM_INFERENCE_STEPS,
-        prior_weight=args.prior_weight,
-        seed=seed,
-    )
+    config = TrainConfig(**shared_settings(model, args, seed), images=data[subjects[0].token])
     prepared = [
         prepare_subject(
             base,
@@ -198,7 +212,7 @@ def custom_diffusion(
             subject_prompt(s),
             f"a photo of a {s.class_word}",
             config,
-            folder / f"prior-{s.class_word}",
+            prior_folder(folder, s.class_word),
         )
         for s in subjects
     ]
@@ -293,26 +307,16 @@ def main() -> None:
                     if (token, seed) not in singles:
                         s = every[token]
                         result = train_concept(
-                            model=model,
+                            **shared_settings(model, args, seed),
                             images=data[token],
                             token=s.token,
                             class_word=s.class_word,
                             prompt=subject_prompt(s),
                             class_prompt=f"a photo of a {s.class_word}",
-                            class_images=folder / f"prior-{s.class_word}",
-                            num_class_images=args.class_images,
-                            class_image_steps=world.NUM_INFERENCE_STEPS,
-                            steps=args.steps,
-                            lr=args.lr,
+                            class_images=prior_folder(folder, s.class_word),
                             sparsity=args.sparsity,
-                            prior_weight=args.prior_weight,
-                            resolution=world.IMAGE_SIZE,
-                            seed=seed,
-                            device="cpu",
                             name=s.token,
                             out=folder / f"{token}-{seed}.cones",
-                            overwrite=True,
-                            progress=False,
                         )
                         singles[(token, seed)] = result.path
                 paths = [singles[(t, seed)] for t in tokens]
@@ -331,23 +335,13 @@ def main() -> None:
                     record(n, tokens, "random mask", seed, score(sample, subjects, priors), None)
                 if n > 1:
                     refined = refine(
-                        model=model,
+                        **shared_settings(model, args, seed),
                         containers=paths,
                         data={t: data[t] for t in tokens},
                         class_images={
-                            every[t].class_word: folder / f"prior-{every[t].class_word}" for t in tokens
+                            every[t].class_word: prior_folder(folder, every[t].class_word) for t in tokens
                         },
-                        num_class_images=args.class_images,
-                        class_image_steps=world.NUM_INFERENCE_STEPS,
-                        steps=args.steps,
-                        lr=args.lr,
-                        prior_weight=args.prior_weight,
-                        resolution=world.IMAGE_SIZE,
-                        seed=seed,
-                        device="cpu",
                         out=folder / f"refined-{'+'.join(tokens)}-{seed}.cones",
-                        overwrite=True,
-                        progress=False,
                     )
                     with conesrt.apply(pipe, refined.container):
                         record(
