@@ -82,12 +82,15 @@ def edit_prompt(subject) -> tuple[str, callable]:
     mostly ignores background phrases, which would make every method score 0.
     """
     if subject.class_word == "background":
-        colour, prompt = "red", f"a red heart on a {subject.token} background"
+        colour, other = "red", "heart"
+        prompt = f"a red heart on a {subject.token} background"
     else:
         colour = "red" if subject.identity["colour"] == "blue" else "blue"
         other = "circle" if subject.class_word == "heart" else "heart"
         prompt = f"a {subject.token} {subject.class_word} and a {colour} {other}"
-    return prompt, lambda a: any(c == colour for c, _ in a.objects.values())
+    # The named object itself, in the named colour: a subject drawn in that
+    # colour does not count as the context.
+    return prompt, lambda a: a.objects.get(other, (None, None))[0] == colour
 
 
 def composite_prompt(subjects) -> str:
@@ -245,6 +248,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--class-images", type=int, default=32)
     parser.add_argument("--scale-steps", action="store_true", help="steps x subjects for joint runs")
+    parser.add_argument("--model", type=Path, default=world.MODEL_DIR, help="the world model folder")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--plot", type=Path, default=Path("docs/paper-tables.png"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
@@ -260,7 +264,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    model = world.MODEL_DIR
+    model = args.model
     folder = Path(tempfile.mkdtemp(prefix="cones-paper-"))
     every = {s.token: s for s in world.subjects()}
     data = {token: s.image_paths[0].parent for token, s in every.items()}
@@ -376,7 +380,11 @@ def report(results: list[dict], args, seconds: float, when: str | None = None) -
     import matplotlib.pyplot as plt
 
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "from_json")}
+        settings = {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("json", "plot", "from_json")
+        }
         record = {"results": results, "settings": settings, "seconds": seconds, "date": str(date.today())}
         args.json.write_text(json.dumps(record, indent=1))
     methods = [

@@ -61,12 +61,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=world.MODEL_DIR, help="the world model folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
     subject = world.subject(args.subject)
-    model = world.MODEL_DIR
+    model = args.model
     folder = Path(tempfile.mkdtemp(prefix="cones-step-size-"))
     accelerator = make_accelerator("cpu", "no")
     base = load_base_model(model, torch.device("cpu"), torch.float32)
