@@ -25,6 +25,17 @@ def pipeline():
     return world.load_pipeline()
 
 
+@pytest.mark.parametrize(
+    "module", ["components", "scenes", "vocabulary", "subject_specs", "judge", "pretrain"]
+)
+def test_world_docstring_examples_hold(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"trainer.world.{module}"))
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
+
+
 def test_import_does_not_load_torch():
     code = "import sys, trainer.world as w; w.subjects(); assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=world.WORLD_DIR.parents[1])

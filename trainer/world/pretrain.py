@@ -162,6 +162,7 @@ def train_unet(
     checkpoint=None,
     checkpoint_every: int = 0,
     init_from: Path | None = None,
+    zero_snr: bool = True,
 ):
     """Joint noise-prediction training of the UNet and text encoder; returns both (EMA weights).
 
@@ -183,7 +184,7 @@ def train_unet(
     else:  # continue from a saved model (its EMA weights), with a fresh optimizer and schedule
         unet = UNet2DConditionModel.from_pretrained(init_from / "unet", torch_dtype=torch.float32)
         text_encoder = CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32)
-    scheduler = DDPMScheduler(**components.scheduler_config())
+    scheduler = DDPMScheduler(**components.scheduler_config(zero_snr))
     alphas_cumprod = scheduler.alphas_cumprod
     snr = alphas_cumprod / (1 - alphas_cumprod)
     # Rare tokens never occur, so their embeddings get no gradient; no weight
@@ -231,8 +232,15 @@ def train_unet(
         # Same call as StableDiffusionPipeline.encode_prompt: no attention mask.
         encoder_hidden_states = text_encoder(input_ids)[0]
         prediction = unet(noisy, timesteps, encoder_hidden_states).sample
-        weights = torch.clamp(snr[timesteps], max=SNR_GAMMA) / snr[timesteps]
-        loss = (F.mse_loss(prediction, noise, reduction="none").mean((1, 2, 3)) * weights).mean()
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        # min-SNR's clip of the low-noise steps, γ / SNR above γ. The
+        # high-noise steps keep weight 1: at zero terminal SNR they are where
+        # the prompt alone sets the colours and the layout.
+        weights = torch.clamp(SNR_GAMMA / snr[timesteps], max=1.0)
+        loss = (F.mse_loss(prediction, target, reduction="none").mean((1, 2, 3)) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -252,14 +260,14 @@ def train_unet(
     return unet.eval(), text_encoder.eval()
 
 
-def save_model(out: Path, vae, unet, text_encoder, tokenizer) -> None:
+def save_model(out: Path, vae, unet, text_encoder, tokenizer, zero_snr: bool = True) -> None:
     """Write the Stable Diffusion folder: fp16 diffusers weights, fp32 text encoder.
 
     >>> save_model(Path("model"), vae, unet, text_encoder, tokenizer)  # doctest: +SKIP
     """
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler(**components.scheduler_config())
+    scheduler = DPMSolverMultistepScheduler(**components.scheduler_config(zero_snr))
     # fp16 storage keeps the folder small; from_pretrained loads it back as fp32.
     # (transformers would load an fp16 text encoder as fp16, so it stays fp32.)
     pipeline = StableDiffusionPipeline(
@@ -308,6 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, default=500, help="write the model every N unet steps"
     )
+    parser.add_argument(
+        "--schedule",
+        choices=("zero-snr", "sd"),
+        default="zero-snr",
+        help="noise schedule: zero terminal SNR with v-prediction, or SD 1.x's (epsilon)",
+    )
     args = parser.parse_args(argv)
     stages = [stage for stage in args.stages.split(",") if stage]
     unknown = set(stages) - set(STAGES)
@@ -345,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval()
         latents = None
 
+    zero_snr = args.schedule == "zero-snr"
     if "unet" in stages:
         # Encoding 40k images costs ~10 min on one thread: done once per process.
         latent_mean, latent_std = latents if latents is not None else encode(vae, images)
@@ -359,11 +374,14 @@ def main(argv: list[str] | None = None) -> None:
             lr=args.unet_lr,
             seed=args.seed + 3,
             log=log,
-            checkpoint=lambda unet, text_encoder: save_model(out, vae, unet, text_encoder, tokenizer),
+            checkpoint=lambda unet, text_encoder: save_model(
+                out, vae, unet, text_encoder, tokenizer, zero_snr
+            ),
             checkpoint_every=args.checkpoint_every,
             init_from=args.init_from,
+            zero_snr=zero_snr,
         )
-        save_model(out, vae, unet, text_encoder, tokenizer)
+        save_model(out, vae, unet, text_encoder, tokenizer, zero_snr)
         log(stage="saved")
 
     if "judge" in stages:
