@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration")
     parser.add_argument("--steps", type=int, default=300, help="xi-descent steps per subject")
     parser.add_argument("--lr", type=float, default=30.0, help="rho (docs/method-notes.md)")
-    parser.add_argument("--sparsity", type=float, default=0.005, help="single-subject sparsity")
+    parser.add_argument("--sparsity", type=float, default=0.02, help="single-subject sparsity")
     parser.add_argument("--prior-weight", type=float, default=1.0, help="lambda, for every method")
     parser.add_argument("--cd-lr", type=float, default=1e-4, help="AdamW step of the fine-tune baseline")
     parser.add_argument("--images", type=int, default=8, help="images per prompt")

@@ -26,7 +26,7 @@ from .errors import UsageError
 #: Defaults tuned on the bundled world (docs/demo.md says how).
 DEMO_STEPS = 300
 DEMO_LR = 30.0
-DEMO_SPARSITY = 0.005
+DEMO_SPARSITY = 0.02
 DEMO_CLASS_IMAGES = 32
 DEMO_PRIOR_WEIGHT = 1.0
 SEEDS = (0, 1, 2, 3)

@@ -36,6 +36,17 @@ def test_world_docstring_examples_hold(module: str) -> None:
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
 
 
+def test_scheduler_has_zero_terminal_snr_and_v_prediction() -> None:
+    """The bundled model was trained for it: sampling must start from pure noise."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler.from_pretrained(world.MODEL_DIR / "scheduler")
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.alphas_cumprod[-1] < 1e-6
+    scheduler.set_timesteps(world.NUM_INFERENCE_STEPS)
+    assert int(scheduler.timesteps[0]) == 999
+
+
 def test_import_does_not_load_torch():
     code = "import sys, trainer.world as w; w.subjects(); assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=world.WORLD_DIR.parents[1])
@@ -129,7 +140,7 @@ def test_bundled_subjects_load_and_match_their_generator():
 
     bundled = world.subjects()
     assert len(bundled) >= 3
-    assert {s.class_word for s in bundled} >= {"star", "heart", "background"}
+    assert {s.class_word for s in bundled} >= {"star", "ring", "background"}
     assert {s.token for s in bundled} <= set(vocabulary.RARE_TOKENS)
     for spec, subject in zip(subject_specs.SUBJECT_SPECS, bundled, strict=True):
         assert subject.name == spec["name"] and 4 <= len(subject.image_paths) <= 6

@@ -48,7 +48,7 @@ class Subject:
     token: str
     class_word: str
     identity: dict[str, str]
-    description: str  # the identity spelt out: "a photo of an orange dotted star"
+    description: str  # the identity spelt out: "a photo of a white striped star"
     image_paths: tuple[Path, ...]
 
     @property

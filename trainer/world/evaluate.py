@@ -11,7 +11,7 @@ What it measures (numbers in README.md):
   that ignores the text would score.
 - ``subjects``: mean ``judge.subject_score`` of the subject's own images, of
   base-model samples for its instance prompt ("a photo of a sks star", should
-  be low) and for its description ("a photo of an orange dotted star", shows the
+  be low) and for its description ("a photo of a white striped star", shows the
   base model can draw the identity when told in words).
 - ``timing_s``: loading the folder, and one 25-step generation of a batch of 4.
 """
@@ -42,7 +42,7 @@ GRID_PROMPTS: tuple[str, ...] = (
     "a photo of a red star and a blue heart",
     "a photo of a yellow striped circle and a green square on a purple background",
     "a photo of a sks star",
-    "a photo of an orange dotted star",
+    "a photo of a white striped star",
 )
 
 

@@ -4,7 +4,7 @@ Each subject is a rare token (never in a pretraining caption), a class word and
 fixed identity attributes, shown in a handful of procedurally drawn images with
 varying position, size and background. The base model draws *some* star for
 "a photo of a sks star" and the subject itself only when its identity is spelt
-out ("a photo of an orange dotted star"), which is the gap concept neurons close.
+out ("a photo of a white striped star"), which is the gap concept neurons close.
 
 Regenerate the bundled folder (deterministic):
 
@@ -28,20 +28,23 @@ from trainer.world.scenes import background_phrase, object_phrase, render, sampl
 IMAGES_PER_SUBJECT = 6
 
 # Identity attributes are chosen far apart (colours, textures, shapes) so that
-# three subjects can share one image and stay distinguishable.
+# three subjects can share one image and stay distinguishable, and among the
+# identities the world model draws best when they are spelt out (a subject is
+# something the model *can* draw but does not for its rare token; the scores
+# are in trainer/world/README.md, "Subjects").
 SUBJECT_SPECS: tuple[dict, ...] = (
     {
         "name": "sks_star",
         "token": "sks",
         "class_word": "star",
-        "identity": {"shape": "star", "colour": "orange", "texture": "dotted"},
+        "identity": {"shape": "star", "colour": "white", "texture": "striped"},
         "seed": 101,
     },
     {
-        "name": "vnt_heart",
+        "name": "vnt_ring",
         "token": "vnt",
-        "class_word": "heart",
-        "identity": {"shape": "heart", "colour": "blue", "texture": "striped"},
+        "class_word": "ring",
+        "identity": {"shape": "ring", "colour": "green", "texture": "dotted"},
         "seed": 102,
     },
     {
@@ -55,7 +58,7 @@ SUBJECT_SPECS: tuple[dict, ...] = (
         "name": "zwx_background",
         "token": "zwx",
         "class_word": "background",
-        "identity": {"background_colour": "green", "background_pattern": "striped"},
+        "identity": {"background_colour": "yellow", "background_pattern": "plain"},
         "seed": 104,
     },
 )
