@@ -120,7 +120,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--model", type=Path, help="another diffusers SD folder (default: the embedded world)")
     demo.add_argument("--images", type=Path, help="another subject's images (with --token and --class-word)")
-    demo.add_argument("--subject", default="sks", help="a bundled subject: sks (star), vnt, pxr, zwx")
+    demo.add_argument(
+        "--subject",
+        default="zwx",
+        help="a bundled subject: zwx (background, the default), pxr (circle), sks (star), vnt (ring)",
+    )
     demo.add_argument("--token", help="the subject's rare token, with --images")
     demo.add_argument("--class-word", help="the subject's class, with --images")
     demo.add_argument(

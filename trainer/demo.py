@@ -7,7 +7,7 @@ checks that the model is bit-identical to before. Into ``--out`` it writes
 the ``.cones`` file, ``grid.png`` (before | after, same seeds) and
 ``report.json``.
 
->>> report = run_demo(out="cones-demo")   # the bundled world and its "sks star"
+>>> report = run_demo(out="cones-demo")   # the bundled world and its "zwx background"
 >>> report["after"]["subject_score"] > report["before"]["subject_score"]
 True
 """
@@ -153,7 +153,7 @@ def run_demo(
     out: str | Path = "cones-demo",
     model: str | Path | None = None,
     images: str | Path | None = None,
-    subject: str = "sks",
+    subject: str = "zwx",
     token: str | None = None,
     class_word: str | None = None,
     steps: int = DEMO_STEPS,
@@ -167,7 +167,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and return its report (also written to ``out/report.json``).
 
-    Default: the bundled world and its subject ``subject`` (``sks`` star).
+    Default: the bundled world and its subject ``subject`` (``zwx``, a yellow background).
     ``model`` (a diffusers SD folder) and ``images`` (with ``token`` and
     ``class_word``) replace them; the judge's metrics are only measured on
     the bundled world, which is what it was trained on.

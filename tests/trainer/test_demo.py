@@ -27,7 +27,7 @@ def test_demo_writes_container_grid_and_report(tmp_path: Path) -> None:
     assert report["bit_identical_after_remove"] is True
     container = conesfmt.load(report["container"])
     (concept,) = container.concepts.values()
-    assert concept.trigger == "sks" and concept.class_word == "star"
+    assert concept.trigger == "zwx" and concept.class_word == "background"
     assert report["shut"] == concept.total > 0
     assert report["container_bytes"] == Path(report["container"]).stat().st_size
     assert 0 <= report["before"]["subject_score"] <= 1 and 0 <= report["after"]["subject_score"] <= 1

@@ -91,8 +91,12 @@ def test_world_sample_draws_image_i_from_seed_i(pipeline):
     three = [np.asarray(image) for image in world.sample(pipeline, "a photo of a red star", 3)]
     two = [np.asarray(image) for image in world.sample(pipeline, "a photo of a red star", 2)]
     assert three[0].shape == (world.IMAGE_SIZE, world.IMAGE_SIZE, 3)
-    np.testing.assert_array_equal(three[1], two[1])  # image 1 is seed 1's, whatever the count
-    assert not np.array_equal(three[0], three[1])
+    # Image 1 is seed 1's, whatever the count. A batch of 3 and one of 2 run
+    # different matrix-multiply blockings, so a pixel may round the other way.
+    same_seed = np.abs(three[1].astype(int) - two[1].astype(int))
+    other_seed = np.abs(three[0].astype(int) - three[1].astype(int))
+    assert same_seed.max() <= 2 and (same_seed > 0).mean() < 0.001
+    assert other_seed.mean() > 10
 
 
 def test_tokenizer_encodes_rare_tokens_to_single_known_ids(pipeline):
