@@ -1,15 +1,15 @@
 """The paper's Tables 1 and 2 in miniature, on the embedded small world (issue #6).
 
-    python bench/paper_tables.py                     # about an hour on a 2-core laptop CPU
+    python bench/paper_tables.py                     # about 40 min on one core of a laptop CPU
     python bench/paper_tables.py --seeds 1 --steps 100 --images 4    # a quick look
 
-For one, two and three subjects (star; star + heart; star + heart + green
-striped background), and several training seeds, each method is scored with
+For one, two and three subjects (star, ring or circle alone; star + ring;
+star + ring + yellow background), and several training seeds, each method is scored with
 the world's attribute judge (trainer/world/judge.py), trained on the world's
 own procedural images:
 
 - subject fidelity: for prompts "a photo of a V* class" (and, with several
-  subjects, "a V1* star and a V2* heart on a V3* background"), the judge's
+  subjects, "a V1* star and a V2* ring on a V3* background"), the judge's
   probability that the image shows the subject's identity (shape present
   with the subject's colour and texture; or the background's colour and
   pattern), averaged over subjects and images. The analogue of the paper's
@@ -76,10 +76,9 @@ def subject_prompt(subject) -> str:
 def edit_prompt(subject) -> tuple[str, callable]:
     """A prompt that puts the subject in a context, and how to tell the context was drawn.
 
-    The context is an object of another colour: the world model follows colour
-    words well (the base model draws a blue object for "a photo of a star and
-    a blue heart" 0.88 of the time, against 0.25 without the phrase), while it
-    mostly ignores background phrases, which would make every method score 0.
+    The context is an object of another colour, a phrase the world model
+    follows (the base model draws it in 0.46-0.69 of images,
+    docs/paper-tables.md); background patterns it does not draw.
     """
     if subject.class_word == "background":
         colour, other = "red", "heart"
