@@ -14,10 +14,10 @@ own procedural images:
   with the subject's colour and texture; or the background's colour and
   pattern), averaged over subjects and images. The analogue of the paper's
   image alignment, with a judge that knows what the subject is.
-- text alignment: for "a V* class on a blue background" (objects) or
+- text alignment: for "a V* class and a blue heart" (objects) or
   "a red heart on a V* background" (the background subject), how often the
-  part of the prompt that is not the subject is drawn (blue background; a
-  red heart). The analogue of the paper's CLIP text alignment.
+  named context object is drawn in its colour (see ``edit_prompt``). The
+  analogue of the paper's CLIP text alignment.
 - prior preservation: for prompts without a rare token, the fraction of
   images (same seed as the base model's) whose judged attributes equal the
   base model's image: 1.0 means untouched.
