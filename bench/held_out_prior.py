@@ -1,0 +1,102 @@
+"""Does a prior over several more prompts keep the rest of the model? An experiment beyond the paper.
+
+    python bench/held_out_prior.py --subject sks --seed 0     # about 3 min on one core
+
+The paper's objective protects one class prompt (its prior term). Here the
+search also sees the base model's own images for a few other prompts
+(``KEEP``; each a loss term of weight 1, as an instance with no prior), and
+the result is scored like the paper-tables bench (bench/paper_tables.py):
+fidelity, text alignment and prior on its four prior prompts, none of which is
+in ``KEEP``. Compare with the plain Cones rows of docs/paper-tables.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import paper_tables  # noqa: E402
+import torch  # noqa: E402
+
+import conesrt  # noqa: E402
+from trainer import world  # noqa: E402
+from trainer.config import TrainConfig, image_files, select_layers, unet_keys  # noqa: E402
+from trainer.data import encode_images, encode_prompt, ensure_class_images  # noqa: E402
+from trainer.objective import Subject  # noqa: E402
+from trainer.train import build_container, descend, prepare_subject, start  # noqa: E402
+
+KEEP = (
+    "a photo of a square",
+    "a green triangle on a black background",
+    "a photo of a diamond and a red ring",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subject", default="sks", help="a bundled subject token")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sparsity", type=float, default=0.02)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=30.0)
+    parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = argparse.Namespace(class_images=32, steps=args.steps, lr=args.lr, prior_weight=1.0)
+    subject = world.subject(args.subject)
+    folder = Path(tempfile.mkdtemp(prefix="cones-held-out-"))
+    config = TrainConfig(
+        **paper_tables.shared_settings(world.MODEL_DIR, settings, args.seed),
+        images=subject.image_paths[0].parent,
+        token=subject.token,
+        class_word=subject.class_word,
+        prompt=paper_tables.subject_prompt(subject),
+        class_prompt=subject.class_prompt,
+        class_images=paper_tables.prior_folder(folder, subject.class_word),
+        sparsity=args.sparsity,
+        name=subject.token,
+        out=folder / f"{subject.token}.cones",
+    )
+    config.validate()
+    keys = select_layers(unet_keys(config.model), config.layers)
+    accelerator, base = start(config)
+    terms = [
+        prepare_subject(
+            base,
+            subject.token,
+            config.images,
+            config.instance_prompt,
+            config.prior_prompt,
+            config,
+            config.class_images,
+            accelerator,
+        )
+    ]
+    for i, prompt in enumerate(KEEP):
+        images = folder / f"keep-{i}"
+        ensure_class_images(
+            base, images, prompt, 32, world.IMAGE_SIZE, world.NUM_INFERENCE_STEPS, args.seed, progress=False
+        )
+        bank = encode_images(base, image_files(images), world.IMAGE_SIZE, config.flip)
+        terms.append(Subject(f"keep-{i}", bank, encode_prompt(base, prompt), prior_weight=0.0))
+    neurons, _, _ = descend(config, base, keys, terms, accelerator)
+    metadata = {"trigger": subject.token, "class_word": subject.class_word}
+    container = build_container(base, keys, subject.token, neurons, metadata)
+
+    pipe = world.load_pipeline()
+    sample = paper_tables.Sampler(pipe, args.images)
+    priors = {prompt: sample(prompt) for prompt in paper_tables.PRIOR_PROMPTS}
+    with conesrt.apply(pipe, container):
+        measured = paper_tables.score(sample, [subject], priors)
+    scores = "  ".join(f"{name} {measured[name]:.3f}" for name in paper_tables.MEASURES)
+    print(f"{subject.token} seed {args.seed}, Cones + prior over {len(KEEP)} more prompts: {scores}")
+
+
+if __name__ == "__main__":
+    main()
