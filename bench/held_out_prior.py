@@ -28,7 +28,7 @@ from trainer import world  # noqa: E402
 from trainer.config import TrainConfig, image_files, select_layers, unet_keys  # noqa: E402
 from trainer.data import encode_images, encode_prompt, ensure_class_images  # noqa: E402
 from trainer.objective import Subject  # noqa: E402
-from trainer.train import build_container, descend, prepare_subject, start  # noqa: E402
+from trainer.train import build_container, config_subject, descend, start  # noqa: E402
 
 KEEP = (
     "a photo of a square",
@@ -66,18 +66,7 @@ def main() -> None:
     config.validate()
     keys = select_layers(unet_keys(config.model), config.layers)
     accelerator, base = start(config)
-    terms = [
-        prepare_subject(
-            base,
-            subject.token,
-            config.images,
-            config.instance_prompt,
-            config.prior_prompt,
-            config,
-            config.class_images,
-            accelerator,
-        )
-    ]
+    terms = [config_subject(base, config, accelerator)]
     for i, prompt in enumerate(KEEP):
         images = folder / f"keep-{i}"
         ensure_class_images(

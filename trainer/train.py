@@ -105,6 +105,20 @@ def prepare_subject(
     return subject
 
 
+def config_subject(base: BaseModel, config: TrainConfig, accelerator: Accelerator | None = None) -> Subject:
+    """The subject a :class:`TrainConfig` describes: its images, prompts and prior."""
+    return prepare_subject(
+        base,
+        config.concept_name,
+        config.images,
+        config.instance_prompt,
+        config.prior_prompt,
+        config,
+        config.class_images,
+        accelerator,
+    )
+
+
 def select_neurons(
     search: ConceptNeuronSearch, config: SearchConfig
 ) -> tuple[dict[str, np.ndarray], int | None]:
@@ -214,16 +228,7 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
     keys = select_layers(unet_keys(config.model), config.layers)
     accelerator, base = start(config)
     # Prior images come from the base model itself, before --keep-shut changes it.
-    subject = prepare_subject(
-        base,
-        config.concept_name,
-        config.images,
-        config.instance_prompt,
-        config.prior_prompt,
-        config,
-        config.class_images,
-        accelerator,
-    )
+    subject = config_subject(base, config, accelerator)
     keep_shut = conesrt.apply(base.unet, config.keep_shut) if config.keep_shut else None
     try:
         neurons, wanted, log = descend(config, base, keys, [subject], accelerator)
