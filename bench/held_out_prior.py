@@ -1,6 +1,7 @@
-"""Does a prior over several more prompts keep the rest of the model? An experiment beyond the paper.
+"""Do other prior objectives keep the rest of the model? Experiments beyond the paper.
 
     python bench/held_out_prior.py --subject sks --seed 0     # about 3 min on one core
+    python bench/held_out_prior.py --subject sks --seed 0 --prior-target base --no-keep
 
 The paper's objective protects one class prompt (its prior term). Here the
 search also sees the base model's own images for a few other prompts
@@ -8,6 +9,12 @@ search also sees the base model's own images for a few other prompts
 the result is scored like the paper-tables bench (bench/paper_tables.py):
 fidelity, text alignment and prior on its four prior prompts, none of which is
 in ``KEEP``. Compare with the plain Cones rows of docs/paper-tables.json.
+
+``--prior-target base`` compares the class prompt's predictions with the
+frozen base model's own instead of with the noise (``Subject.prior_target``):
+a term that is 0 until xi moves and penalises any change of the class
+prompt's predictions, where DreamBooth's term can also be lowered by a change.
+``--no-keep`` leaves the three more prompts out (the paper's single prior).
 """
 
 from __future__ import annotations
@@ -46,9 +53,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=30.0)
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prior-target", choices=("noise", "base"), default="noise")
+    parser.add_argument("--prior-weight", type=float, default=1.0, help="lambda")
+    parser.add_argument("--no-keep", action="store_true", help="no prompts beyond the class prompt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = argparse.Namespace(class_images=32, steps=args.steps, lr=args.lr, prior_weight=1.0)
+    settings = argparse.Namespace(
+        class_images=32, steps=args.steps, lr=args.lr, prior_weight=args.prior_weight
+    )
     subject = world.subject(args.subject)
     folder = Path(tempfile.mkdtemp(prefix="cones-held-out-"))
     config = TrainConfig(
@@ -67,7 +79,9 @@ def main() -> None:
     keys = select_layers(unet_keys(config.model), config.layers)
     accelerator, base = start(config)
     terms = [config_subject(base, config, accelerator)]
-    for i, prompt in enumerate(KEEP):
+    terms[0].prior_target = args.prior_target
+    keep = () if args.no_keep else KEEP
+    for i, prompt in enumerate(keep):
         images = folder / f"keep-{i}"
         ensure_class_images(
             base, images, prompt, 32, world.IMAGE_SIZE, world.NUM_INFERENCE_STEPS, args.seed, progress=False
@@ -84,7 +98,9 @@ def main() -> None:
     with conesrt.apply(pipe, container):
         measured = paper_tables.score(sample, [subject], priors)
     scores = "  ".join(f"{name} {measured[name]:.3f}" for name in paper_tables.MEASURES)
-    print(f"{subject.token} seed {args.seed}, Cones + prior over {len(KEEP)} more prompts: {scores}")
+    objective = f"prior against the {args.prior_target}, lambda {args.prior_weight:g}"
+    objective += f", {len(keep)} more prompts"
+    print(f"{subject.token} seed {args.seed}, Cones with {objective}: {scores}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ def run_descent(
     for _ in bar:
         started = time.perf_counter()
         with accelerator.autocast():
-            loss, parts = implanting_loss(model, subjects, scheduler, batch_size, generator)
+            loss, parts = implanting_loss(
+                model, subjects, scheduler, batch_size, generator, reference=search.reference
+            )
         accelerator.backward(loss)
         optimizer.step()  # delta <- delta - rho * dL/d(delta), i.e. xi <- xi - rho * dL/d(xi)
         optimizer.zero_grad(set_to_none=True)

@@ -34,6 +34,11 @@ class Subject:
     prior: LatentBank | None = None
     prior_embedding: torch.Tensor | None = None
     prior_weight: float = 1.0
+    #: What the prior term's prediction is compared with: ``"noise"`` (DreamBooth, the
+    #: paper: the noise or velocity that made the noisy prior image) or ``"base"`` (the
+    #: frozen base model's own prediction on the same input, so the term is 0 at
+    #: xi = 1 and grows with any change of the prior prompt's predictions).
+    prior_target: str = "noise"
 
 
 def training_target(
@@ -54,14 +59,20 @@ def implanting_loss(
     scheduler: DDPMScheduler,
     batch_size: int,
     generator: torch.Generator,
+    reference: Denoiser | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One stochastic estimate of the (multi-)concept-implanting loss, and its parts.
 
     All subjects' instance and prior samples go through the UNet in one batch.
     Noise and timesteps are drawn from ``generator`` (CPU), so a seed fixes them.
+    ``reference`` (the unchanged base model) gives the target of prior terms
+    whose ``prior_target`` is ``"base"``.
     """
     latents, embeddings, groups = [], [], []  # groups: (label, weight, start, stop)
+    against_base = []  # (start, stop) of prior terms whose target is the base model's prediction
     for subject in subjects:
+        if subject.prior_target not in ("noise", "base"):
+            raise ValueError(f"prior_target must be 'noise' or 'base', got {subject.prior_target!r}")
         parts = [("instance", 1.0, subject.instance, subject.instance_embedding)]
         if subject.prior is not None and subject.prior_weight > 0:
             parts.append(("prior", subject.prior_weight, subject.prior, subject.prior_embedding))
@@ -70,14 +81,24 @@ def implanting_loss(
             latents.append(bank.sample(batch_size, generator))
             embeddings.append(embedding.expand(batch_size, -1, -1))
             groups.append((f"{subject.name}/{label}", weight, start, start + batch_size))
+            if label == "prior" and subject.prior_target == "base":
+                against_base.append((start, start + batch_size))
     clean = torch.cat(latents)
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
     timesteps = torch.randint(
         scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator
     ).to(clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    prediction = model(noisy, timesteps, torch.cat(embeddings).to(clean.device))
+    context = torch.cat(embeddings).to(clean.device)
+    prediction = model(noisy, timesteps, context)
     target = training_target(scheduler, clean, noise, timesteps)
+    if against_base:
+        if reference is None:
+            raise ValueError("a prior term with prior_target='base' needs the reference model")
+        target = target.clone()
+        with torch.no_grad():
+            for start, stop in against_base:
+                target[start:stop] = reference(noisy[start:stop], timesteps[start:stop], context[start:stop])
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     total = per_sample.new_zeros(())
     logged = {}

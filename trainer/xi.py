@@ -64,6 +64,12 @@ class ConceptNeuronSearch(torch.nn.Module):
             self.unet, replaced, (noisy, timesteps), {"encoder_hidden_states": embeddings}
         ).sample
 
+    def reference(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """The unchanged base model's prediction (xi = 1 everywhere)."""
+        return self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+
     def deltas(self) -> dict[str, np.ndarray]:
         """``1 - xi`` per searched weight, as float32 numpy arrays (flattened)."""
         return {

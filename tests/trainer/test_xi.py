@@ -148,3 +148,29 @@ def test_target_follows_the_prediction_type(kind: str) -> None:
     target = training_target(sched, latents, noise, t)
     expected = noise if kind == "epsilon" else sched.get_velocity(latents, noise, t)
     assert torch.equal(target, expected)
+
+
+def test_a_prior_against_the_base_model_is_zero_until_xi_moves() -> None:
+    """prior_target='base': the prior term compares with the unchanged model's prediction."""
+    unet = tiny_unet(seed=0).requires_grad_(False)
+    search = ConceptNeuronSearch(unet, cross_attention_keys(unet))
+    subject = toy_subject()
+    subject.prior_target = "base"
+    _, parts = implanting_loss(
+        search, [subject], scheduler(), 2, torch.Generator().manual_seed(3), reference=search.reference
+    )
+    # the same weights, in a batch of another size: equal up to float32 rounding
+    assert parts["toy/prior"] < 1e-10 and parts["toy/instance"] > 1e-3
+    with torch.no_grad():
+        search.delta[0].fill_(0.5)  # half of one layer's weights
+    loss, parts = implanting_loss(
+        search, [subject], scheduler(), 2, torch.Generator().manual_seed(3), reference=search.reference
+    )
+    assert parts["toy/prior"] > 1e-6
+    loss.backward()
+    assert search.delta[0].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the reference model"):
+        implanting_loss(search, [subject], scheduler(), 2, torch.Generator().manual_seed(3))
+    subject.prior_target = "nois"
+    with pytest.raises(ValueError, match="'noise' or 'base'"):
+        implanting_loss(search, [subject], scheduler(), 2, torch.Generator().manual_seed(3))
