@@ -155,15 +155,15 @@ def start(config: SearchConfig) -> tuple[Accelerator, BaseModel]:
     return accelerator, base
 
 
-def descend(
+def search_xi(
     config: SearchConfig,
     base: BaseModel,
     keys: list[str],
     subjects: list[Subject],
     accelerator: Accelerator,
     trainable: dict[str, torch.Tensor] | None = None,
-) -> tuple[dict[str, np.ndarray], int | None, DescentLog]:
-    """Algorithm A2 over ``keys`` for ``subjects``; returns the neurons, how many were asked, the log."""
+) -> tuple[ConceptNeuronSearch, DescentLog]:
+    """The K steps of Algorithm A2; the search holds xi (``search.deltas()``), to select from."""
     search = ConceptNeuronSearch(base.unet, keys, trainable)
     log = run_descent(
         search,
@@ -176,6 +176,19 @@ def descend(
         accelerator=accelerator,
         progress=config.progress,
     )
+    return search, log
+
+
+def descend(
+    config: SearchConfig,
+    base: BaseModel,
+    keys: list[str],
+    subjects: list[Subject],
+    accelerator: Accelerator,
+    trainable: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, np.ndarray], int | None, DescentLog]:
+    """Algorithm A2 over ``keys`` for ``subjects``; returns the neurons, how many were asked, the log."""
+    search, log = search_xi(config, base, keys, subjects, accelerator, trainable)
     neurons, wanted = select_neurons(search, config)
     deltas = search.deltas()
     chosen = np.concatenate([deltas[key][neurons[key]] for key in neurons] or [np.zeros(0)])
