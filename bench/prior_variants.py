@@ -1,20 +1,28 @@
-"""Do other prior objectives keep the rest of the model? Experiments beyond the paper.
+"""Variants of the objective and of the searched weights, for keeping the prior. Beyond the paper.
 
-    python bench/held_out_prior.py --subject sks --seed 0     # about 3 min on one core
-    python bench/held_out_prior.py --subject sks --seed 0 --prior-target base --no-keep
+    python bench/prior_variants.py --subject sks --seed 0     # about 3 min on one core
+    python bench/prior_variants.py --subject sks --seed 0 --prior-target base --no-keep
+    python bench/prior_variants.py --subject sks --no-keep --layers "*attn2.to_k.weight" --sparsity 0.04
 
-The paper's objective protects one class prompt (its prior term). Here the
-search also sees the base model's own images for a few other prompts
-(``KEEP``; each a loss term of weight 1, as an instance with no prior), and
-the result is scored like the paper-tables bench (bench/paper_tables.py):
-fidelity, text alignment and prior on its four prior prompts, none of which is
-in ``KEEP``. Compare with the plain Cones rows of docs/paper-tables.json.
+Each run trains one subject's concept neurons with the paper-tables settings
+and one change, and scores the result like the paper-tables bench
+(bench/paper_tables.py): fidelity, text alignment, and prior on its four
+prior prompts. Compare with the plain Cones rows of docs/paper-tables.json.
 
-``--prior-target base`` compares the class prompt's predictions with the
-frozen base model's own instead of with the noise (``Subject.prior_target``):
-a term that is 0 until xi moves and penalises any change of the class
-prompt's predictions, where DreamBooth's term can also be lowered by a change.
-``--no-keep`` leaves the three more prompts out (the paper's single prior).
+- By default the search also sees the base model's own images for a few
+  other prompts (``KEEP``; each a loss term of weight 1, as an instance with
+  no prior). None of them is among the prompts the prior is scored on.
+  ``--no-keep`` leaves them out (the paper's single prior).
+- ``--prior-target base`` compares the class prompt's predictions with the
+  frozen base model's own instead of with the noise
+  (``Subject.prior_target``). That term is 0 until xi moves and penalises any
+  change of the class prompt's predictions; DreamBooth's term can also be
+  lowered by a change.
+- ``--layers`` searches other weights (a preset or globs, as ``cones train
+  --layers``). With the keys only, a change common to every token's key
+  does not move the attention (softmax ignores a shift shared by all
+  scores). ``--sparsity`` is a fraction of the searched weights, so 0.04
+  of the keys is as many entries as 0.02 of keys and values.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ def main() -> None:
     parser.add_argument("--prior-target", choices=("noise", "base"), default="noise")
     parser.add_argument("--prior-weight", type=float, default=1.0, help="lambda")
     parser.add_argument("--no-keep", action="store_true", help="no prompts beyond the class prompt")
+    parser.add_argument("--layers", default="cross", help="the searched weights: a preset or globs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = argparse.Namespace(
@@ -72,6 +81,7 @@ def main() -> None:
         class_prompt=subject.class_prompt,
         class_images=paper_tables.prior_folder(folder, subject.class_word),
         sparsity=args.sparsity,
+        layers=args.layers,
         name=subject.token,
         out=folder / f"{subject.token}.cones",
     )
@@ -99,7 +109,10 @@ def main() -> None:
         measured = paper_tables.score(sample, [subject], priors)
     scores = "  ".join(f"{name} {measured[name]:.3f}" for name in paper_tables.MEASURES)
     objective = f"prior against the {args.prior_target}, lambda {args.prior_weight:g}"
-    objective += f", {len(keep)} more prompts"
+    objective += (
+        f", {len(keep)} more prompts, layers {args.layers}, {container.concepts[subject.token].total}"
+    )
+    objective += " entries"
     print(f"{subject.token} seed {args.seed}, Cones with {objective}: {scores}")
 
 
