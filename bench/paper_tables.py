@@ -200,6 +200,21 @@ def prior_folder(folder: Path, class_word: str) -> Path:
     return folder / f"prior-{class_word}"
 
 
+def subject_config(model: Path, args, seed: int, subject, folder: Path, **options) -> TrainConfig:
+    """A bundled subject's search with the shared settings; ``options`` set or override fields."""
+    fields = shared_settings(model, args, seed) | {
+        "images": subject.image_paths[0].parent,
+        "token": subject.token,
+        "class_word": subject.class_word,
+        "prompt": subject_prompt(subject),
+        "class_prompt": subject.class_prompt,
+        "class_images": prior_folder(folder, subject.class_word),
+        "name": subject.token,
+        "out": folder / f"{subject.token}.cones",
+    }
+    return TrainConfig(**(fields | options))
+
+
 def custom_diffusion(
     model: Path, subjects, data: dict, args, seed: int, folder: Path
 ) -> dict[str, torch.Tensor]:
@@ -308,19 +323,16 @@ def main() -> None:
             for seed in range(args.seeds):
                 for token in tokens:  # single-subject masks (cached across configurations)
                     if (token, seed) not in singles:
-                        s = every[token]
-                        result = train_concept(
-                            **shared_settings(model, args, seed),
-                            images=data[token],
-                            token=s.token,
-                            class_word=s.class_word,
-                            prompt=subject_prompt(s),
-                            class_prompt=f"a photo of a {s.class_word}",
-                            class_images=prior_folder(folder, s.class_word),
+                        config = subject_config(
+                            model,
+                            args,
+                            seed,
+                            every[token],
+                            folder,
                             sparsity=args.sparsity,
-                            name=s.token,
                             out=folder / f"{token}-{seed}.cones",
                         )
+                        result = train_concept(config)
                         singles[(token, seed)] = result.path
                 paths = [singles[(t, seed)] for t in tokens]
                 merged = conesfmt.merge([conesfmt.load(p) for p in paths])

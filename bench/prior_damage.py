@@ -48,7 +48,6 @@ import torch  # noqa: E402
 import conesfmt  # noqa: E402
 import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
 from trainer.train import train_concept  # noqa: E402
 from trainer.world.judge import judge  # noqa: E402
@@ -185,20 +184,10 @@ def main() -> None:
     subject = world.subject(args.subject)
     folder = Path(tempfile.mkdtemp(prefix="cones-prior-damage-"))
     settings = argparse.Namespace(class_images=32, steps=args.steps, lr=args.lr, prior_weight=1.0)
-    result = train_concept(
-        TrainConfig(
-            **paper_tables.shared_settings(world.MODEL_DIR, settings, args.seed),
-            images=subject.image_paths[0].parent,
-            token=subject.token,
-            class_word=subject.class_word,
-            prompt=paper_tables.subject_prompt(subject),
-            class_prompt=subject.class_prompt,
-            class_images=paper_tables.prior_folder(folder, subject.class_word),
-            sparsity=args.sparsity,
-            name=subject.token,
-            out=folder / f"{subject.token}.cones",
-        )
+    config = paper_tables.subject_config(
+        world.MODEL_DIR, settings, args.seed, subject, folder, sparsity=args.sparsity
     )
+    result = train_concept(config)
     cones = result.container
 
     pipe = world.load_pipeline()

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
-from trainer.config import TrainConfig, image_files, select_layers, unet_keys  # noqa: E402
+from trainer.config import image_files, select_layers, unet_keys  # noqa: E402
 from trainer.data import encode_images, encode_prompt, ensure_class_images  # noqa: E402
 from trainer.objective import Subject  # noqa: E402
 from trainer.train import build_container, config_subject, descend, start  # noqa: E402
@@ -72,18 +72,8 @@ def main() -> None:
     )
     subject = world.subject(args.subject)
     folder = Path(tempfile.mkdtemp(prefix="cones-held-out-"))
-    config = TrainConfig(
-        **paper_tables.shared_settings(world.MODEL_DIR, settings, args.seed),
-        images=subject.image_paths[0].parent,
-        token=subject.token,
-        class_word=subject.class_word,
-        prompt=paper_tables.subject_prompt(subject),
-        class_prompt=subject.class_prompt,
-        class_images=paper_tables.prior_folder(folder, subject.class_word),
-        sparsity=args.sparsity,
-        layers=args.layers,
-        name=subject.token,
-        out=folder / f"{subject.token}.cones",
+    config = paper_tables.subject_config(
+        world.MODEL_DIR, settings, args.seed, subject, folder, sparsity=args.sparsity, layers=args.layers
     )
     config.validate()
     keys = select_layers(unet_keys(config.model), config.layers)

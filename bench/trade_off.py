@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
-from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
+from trainer.config import select_layers, unet_keys  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
 from trainer.train import build_container, config_subject, search_xi, start  # noqa: E402
 from trainer.xi import neurons_by_sparsity  # noqa: E402
@@ -69,16 +69,13 @@ def run(args) -> list[dict]:
         subject = world.subject(token)
         record(token, -1, "base model", 0, paper_tables.score(sample, [subject], priors), 0)
         for seed in (int(s) for s in args.seeds.split(",")):
-            config = TrainConfig(
-                **paper_tables.shared_settings(args.model, args, seed),
-                images=subject.image_paths[0].parent,
-                token=subject.token,
-                class_word=subject.class_word,
-                prompt=paper_tables.subject_prompt(subject),
-                class_prompt=subject.class_prompt,
-                class_images=paper_tables.prior_folder(folder, subject.class_word),
+            config = paper_tables.subject_config(
+                args.model,
+                args,
+                seed,
+                subject,
+                folder,
                 sparsity=max(args.sparsities),
-                name=subject.token,
                 out=folder / f"{token}-{seed}.cones",
             )
             config.validate()
