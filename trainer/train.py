@@ -120,9 +120,9 @@ def config_subject(base: BaseModel, config: TrainConfig, accelerator: Accelerato
 
 
 def select_neurons(
-    search: ConceptNeuronSearch, config: SearchConfig
+    deltas: dict[str, np.ndarray], config: SearchConfig
 ) -> tuple[dict[str, np.ndarray], int | None]:
-    deltas = search.deltas()
+    """The concept neurons by ``config.sparsity``, else by its threshold; and how many were asked."""
     if config.sparsity is not None:
         return neurons_by_sparsity(deltas, config.sparsity)
     # A threshold (eq. A20); with no tau at all (refine only), every entry whose xi fell below 1.
@@ -189,8 +189,8 @@ def descend(
 ) -> tuple[dict[str, np.ndarray], int | None, DescentLog]:
     """Algorithm A2 over ``keys`` for ``subjects``; returns the neurons, how many were asked, the log."""
     search, log = search_xi(config, base, keys, subjects, accelerator, trainable)
-    neurons, wanted = select_neurons(search, config)
     deltas = search.deltas()
+    neurons, wanted = select_neurons(deltas, config)
     chosen = np.concatenate([deltas[key][neurons[key]] for key in neurons] or [np.zeros(0)])
     if chosen.size:
         log.xi_travel = {"median": float(np.median(chosen)), "max": float(chosen.max())}
