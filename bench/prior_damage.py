@@ -200,7 +200,7 @@ def main() -> None:
 
     sample = paper_tables.Sampler(pipe, args.images)
     priors = {prompt: sample(prompt) for prompt in paper_tables.PRIOR_PROMPTS}
-    rows = [("base model", None, {"leak": leak(priors, subject)})]
+    rows = [("base model", {"leak": leak(priors, subject)})]
     masks = [("Cones", cones)]
     for kind, build in (
         ("uniform random", lambda rng: random_like(cones, int(rng.integers(2**31)))),
@@ -213,7 +213,7 @@ def main() -> None:
             measured = paper_tables.score(sample, [subject], priors)
             measured["leak"] = leak({prompt: sample(prompt) for prompt in priors}, subject)
         measured |= kv_change(weights, mask, instance, position, unrelated)
-        rows.append((kind, mask, measured))
+        rows.append((kind, measured))
 
     print("\nWhere the Cones mask sits:\n" + "\n".join(where(cones, instance, position)))
     columns = ["fidelity", "prior", "prior_attributes", "leak", "dkv_token", "dkv_other", "specific"]
@@ -225,8 +225,8 @@ def main() -> None:
     )
     print("| mask | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
-    for kind in dict.fromkeys(kind for kind, _, _ in rows):
-        group = [measured for k, _, measured in rows if k == kind]
+    for kind in dict.fromkeys(kind for kind, _ in rows):
+        group = [measured for k, measured in rows if k == kind]
         cells = []
         for column in columns:
             values = [m[column] for m in group if column in m]
