@@ -19,7 +19,7 @@ def test_demo_writes_container_grid_and_report(tmp_path: Path) -> None:
         [CONES, "demo", "--out", str(out), "--steps", "20", "--num-class-images", "8", "--quiet"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a hang guard: about 1 min alone, several on a busy 2-core machine
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model bit-identical after remove: yes" in result.stdout

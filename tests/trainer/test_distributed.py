@@ -17,7 +17,7 @@ ENVIRONMENT = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 def torchrun(*arguments: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENVIRONMENT)
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=ENVIRONMENT)
 
 
 def test_two_processes_average_gradients_into_one_xi(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def refined(world, singles, tmp_path_factory) -> Path:
     ]
     command = [CONES, "refine", *map(str, singles), "--model", str(world["model"]), *data, *small]
     command += ["--class-images", str(world["prior"]), "--device", "cpu", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "concept 'red + blue'" in result.stdout
     return out
