@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except user_errors as error:
-        message = str(error)
+        # An error may word itself for the command line (conesrt's fingerprint errors: no strict=False).
+        message = getattr(error, "command_line_message", None) or str(error)
         if isinstance(error, OSError) and error.filename is not None:
             message = f"{error.filename}: {error.strerror}"
         print(f"cones {args.command}: error: {message}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .baking import bake
-    from .fit import FingerprintMismatch
+    from .fit import FingerprintMismatch, FingerprintWarning
     from .handles import Applied, Handle, active, apply
     from .torch_model import fingerprint, layer_table
 
@@ -30,10 +30,12 @@ _LAZY = {
     "fingerprint": ".torch_model",
     "layer_table": ".torch_model",
     "FingerprintMismatch": ".fit",
+    "FingerprintWarning": ".fit",
 }
 __all__ = [
     "Applied",
     "FingerprintMismatch",
+    "FingerprintWarning",
     "Handle",
     "active",
     "apply",

@@ -7,11 +7,13 @@ cones verify cat.cones --model sd15
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 from conesfmt.cli import CommandError
 
-from .fit import FingerprintMismatch
+from .fit import FingerprintMismatch, FingerprintWarning
 
 #: Exceptions the ``cones`` command reports as one line (see conesfmt.cli).
 USER_ERRORS = (FingerprintMismatch,)
@@ -37,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--concept", action="append", dest="concepts", help="use only this concept (repeatable)"
     )
     bake.add_argument(
-        "--no-strict", action="store_true", help="bake even if the fingerprint does not match (warns)"
+        "--no-strict",
+        action="store_true",
+        help="bake even if the sampled weights differ or there is no fingerprint (warns); "
+        "never despite another architecture",
     )
     bake.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     bake.set_defaults(handler=_bake)
@@ -45,8 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify",
         help="say whether a container fits a model, and why not",
-        description="Check a container's layer table and fingerprint against a model's "
-        "weights (spec § 4.3). Exit status 0 if it fits, 1 if not.",
+        description="Check a container's layer table (names, shapes) and its fingerprint "
+        "(8 sampled weights per layer by default, within the dtypes' rounding; spec § 4) "
+        "against a model's weights. Other entries and layers are not compared. Exit status "
+        "0 if it fits, 1 if not. verify changes nothing, so it has no --no-strict; "
+        "cones bake --no-strict uses a container despite other weights or a missing fingerprint.",
     )
     verify.add_argument("container", type=Path, help="a .cones file")
     verify.add_argument(
@@ -64,10 +72,29 @@ def _bake(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.overwrite:
         raise CommandError(f"{args.out} exists; pass --overwrite to replace it")
-    try:
-        out = bake(args.model, args.containers, args.out, concepts=args.concepts, strict=not args.no_strict)
-    except (WeightsError, ValueError) as error:
-        raise CommandError(str(error)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FingerprintWarning)
+        try:
+            out = bake(
+                args.model,
+                args.containers,
+                args.out,
+                concepts=args.concepts,
+                strict=not args.no_strict,
+            )
+        except FingerprintMismatch as error:
+            advice = "; pass --no-strict to bake it anyway" if error.overridable else ""
+            raise CommandError(error.reason + advice) from None
+        except (WeightsError, ValueError) as error:
+            raise CommandError(str(error)) from None
+    for warning in caught:
+        if isinstance(warning.message, FingerprintWarning):
+            # One line like every other message, not Python's "file:line: UserWarning: ...".
+            print(
+                f"cones bake: warning: {warning.message.reason}; baked anyway (--no-strict)", file=sys.stderr
+            )
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
 
@@ -84,13 +111,17 @@ def _verify(args: argparse.Namespace) -> int:
     except WeightsError as error:
         raise CommandError(str(error)) from None
     name = args.container.name
-    if container.fingerprint is None:
-        raise CommandError(f"{name} has no fingerprint, so it cannot be checked against a model")
-    check_fits(name, container, weights.shapes, weights.read_values, strict=True)
+    try:
+        check_fits(name, container, weights.shapes, weights.read_values, strict=True)
+    except FingerprintMismatch as error:
+        advice = "; cones bake --no-strict would use it anyway" if error.overridable else ""
+        raise CommandError(error.reason + advice) from None
+    assert container.fingerprint is not None  # check_fits raised otherwise
     dtypes = sorted({weights.entries[key].dtype for key in container.layers})
     samples = container.fingerprint.samples_per_layer * len(container.layers)
     print(
         f"{name} fits {weights.path}: {len(container.layers)} layers with the same shapes, "
-        f"{samples} sampled weights within tolerance (model dtype {', '.join(dtypes)})"
+        f"{samples} sampled weights within tolerance (model dtype {', '.join(dtypes)}); "
+        "the other entries are not compared (spec § 4)"
     )
     return 0

@@ -3,6 +3,13 @@
 numpy only: the caller supplies the model's shapes and, per layer, a function
 that returns the values at given flat positions with the dtype's name.
 
+What it catches: a layer of the container's table that the model lacks or
+has with another shape, and any difference beyond the dtypes' rounding at
+the fingerprint's sampled entries (by default 8 per layer at fixed, evenly
+spaced positions, spec § 4.2). Nothing else is read: the model's other
+layers, and the other entries of the table's layers, are not compared, so
+one changed weight passes unless it is a sampled one.
+
 >>> check_fits("cat.cones", container, shapes, read_values, strict=True)  # raises if not
 """
 
@@ -19,16 +26,44 @@ from conesfmt.fingerprint import Mismatch, compare, sample_positions
 #: ``read_values(key, positions) -> (values as float64, safetensors dtype name)``
 ValueReader = Callable[[str, np.ndarray], tuple[np.ndarray, str]]
 
+#: The advice a Python caller gets; the ``cones`` commands name their own flag instead.
+PYTHON_OVERRIDE = "pass strict=False to use it anyway"
+
 
 class FingerprintMismatch(ValueError):
     """A container does not fit a model: another architecture or other weights.
 
-    ``mismatches`` lists one :class:`conesfmt.fingerprint.Mismatch` per layer at fault.
+    ``reason`` says what differs, without advice; ``overridable`` is true when
+    ``strict=False`` (``--no-strict`` in ``cones bake``) would use the
+    container anyway, i.e. for other weights or a missing fingerprint, never
+    for another architecture. ``str()`` is ``reason``, plus that advice when
+    it applies. ``mismatches`` lists one :class:`conesfmt.fingerprint.Mismatch`
+    per layer at fault.
+
+    >>> raised.value.reason
+    "cat.cones does not fit this model: other weights in 32 of 32 layers: ..."
     """
 
-    def __init__(self, message: str, mismatches: list[Mismatch]):
-        super().__init__(message)
+    def __init__(self, reason: str, mismatches: list[Mismatch], overridable: bool = False):
+        super().__init__(f"{reason}; {PYTHON_OVERRIDE}" if overridable else reason)
+        self.reason = reason
         self.mismatches = mismatches
+        self.overridable = overridable
+        # What ``cones`` prints where the subcommand has no override to offer (conesfmt.cli.main).
+        self.command_line_message = reason
+
+
+class FingerprintWarning(UserWarning):
+    """``strict=False`` used a container that does not fit (other weights, or no fingerprint).
+
+    ``reason`` is the :attr:`FingerprintMismatch.reason` it would have raised.
+
+    >>> warnings.simplefilter("error", conesrt.FingerprintWarning)  # make it an error again
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}; using it anyway (strict=False)")
+        self.reason = reason
 
 
 def architecture_mismatches(
@@ -75,9 +110,10 @@ def check_fits(
 ) -> list[Mismatch]:
     """Raise :class:`FingerprintMismatch` unless ``container`` fits the model.
 
-    Another architecture always raises. Other weights, or a container without
-    a fingerprint, raise when ``strict`` and only warn otherwise. Returns the
-    weight mismatches that were tolerated (empty when it fits).
+    Another architecture always raises. Other weights at the sampled entries,
+    or a container without a fingerprint, raise when ``strict`` and only emit
+    a :class:`FingerprintWarning` otherwise. Returns the weight mismatches
+    that were tolerated (empty when it fits).
     """
     base = container.metadata.get("base_model")
     made_for = f" (made for {base!r})" if base else ""
@@ -88,18 +124,20 @@ def check_fits(
             mismatches,
         )
     if container.fingerprint is None:
-        message = f"{source} has no fingerprint, so it cannot be checked against this model"
+        reason = (
+            f"{source} has no fingerprint: its layer table fits this model, but the weights cannot be checked"
+        )
         if strict:
-            raise FingerprintMismatch(message + "; pass strict=False to use it anyway", [])
-        warnings.warn(message, stacklevel=3)
+            raise FingerprintMismatch(reason, [], overridable=True)
+        warnings.warn(FingerprintWarning(reason), stacklevel=3)
         return []
     mismatches = weight_mismatches(container, read_values)
     if mismatches:
-        message = (
+        reason = (
             f"{source} does not fit this model{made_for}: other weights in "
             f"{len(mismatches)} of {len(container.layers)} layers: {describe(mismatches)}"
         )
         if strict:
-            raise FingerprintMismatch(message + "; pass strict=False to use it anyway", mismatches)
-        warnings.warn(message, stacklevel=3)
+            raise FingerprintMismatch(reason, mismatches, overridable=True)
+        warnings.warn(FingerprintWarning(reason), stacklevel=3)
     return mismatches

@@ -171,6 +171,21 @@ def test_fingerprint_rejects_other_weights_and_touches_nothing(model, message) -
     assert_bit_identical(unet, base)
 
 
+def test_python_errors_and_warnings_name_strict_false() -> None:
+    container = random_container(tiny_unet(seed=0), seed=10)
+    unet = tiny_unet(seed=1)
+    with pytest.raises(conesrt.FingerprintMismatch) as raised:
+        conesrt.apply(unet, container)
+    error = raised.value
+    assert error.overridable and str(error) == error.reason + "; pass strict=False to use it anyway"
+    assert error.reason.startswith("container #0 does not fit this model") and "strict" not in error.reason
+    with pytest.warns(conesrt.FingerprintWarning) as caught:
+        conesrt.apply(unet, container, strict=False).remove()
+    (warning,) = caught
+    assert str(warning.message) == error.reason + "; using it anyway (strict=False)"
+    assert warning.message.reason == error.reason and issubclass(warning.category, UserWarning)
+
+
 def test_another_architecture_is_rejected_even_when_not_strict() -> None:
     unet = tiny_unet(seed=0)
     keys = cross_attention_keys(unet)

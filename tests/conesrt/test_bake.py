@@ -14,7 +14,7 @@ import conesfmt
 import conesrt
 from tests.conesrt.helpers import assert_bit_identical, random_container, snapshot
 from tests.conesrt.test_apply import noisy
-from tests.tiny_models import tiny_unet
+from tests.tiny_models import cross_attention_keys, tiny_unet
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 CONES = str(Path(sys.executable).parent / "cones")
@@ -84,7 +84,7 @@ def test_stacking_on_a_baked_file_needs_strict_false(tmp_path: Path) -> None:
     baked = conesrt.bake(model, [first], tmp_path / "first.safetensors")
     with pytest.raises(conesrt.FingerprintMismatch):
         conesrt.bake(baked, [second], tmp_path / "stacked.safetensors")
-    with pytest.warns(UserWarning):
+    with pytest.warns(conesrt.FingerprintWarning):
         stacked = conesrt.bake(baked, [second], tmp_path / "stacked.safetensors", strict=False)
     assert stacked.read_bytes() == once.read_bytes()
 
@@ -117,3 +117,101 @@ def test_cones_bake_and_verify(tmp_path: Path) -> None:
 
     result = cones("verify", str(container), "--model", str(tmp_path / "nowhere"))
     assert result.returncode == 1 and "no such file or folder" in result.stderr
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_cones_bake_and_verify_name_their_own_override(tmp_path: Path) -> None:
+    """On the command line the override is --no-strict, never Python's strict=False."""
+    other = tmp_path / "other"
+    noisy(tiny_unet(seed=0), 0.01).save_pretrained(other)
+    container = conesfmt.save(random_container(tiny_unet(seed=0), seed=6), tmp_path / "cat.cones")
+    out = tmp_path / "baked.safetensors"
+
+    result = cones("bake", str(container), "--model", str(other), "--out", str(out))
+    line = one_line(result.stderr)
+    assert result.returncode == 1 and not out.exists()
+    assert line.startswith(
+        "cones bake: error: cat.cones does not fit this model (made for 'tiny'): other weights"
+    )
+    assert line.endswith("; pass --no-strict to bake it anyway") and "strict=False" not in line
+
+    result = cones("verify", str(container), "--model", str(other))
+    line = one_line(result.stderr)
+    assert result.returncode == 1 and line.startswith("cones verify: error: cat.cones does not fit")
+    assert line.endswith("; cones bake --no-strict would use it anyway") and "strict=False" not in line
+
+    unet = tiny_unet(seed=0)
+    keys = cross_attention_keys(unet)
+    table = {**conesrt.layer_table(unet, keys), "extra.attn2.to_k.weight": (4, 4)}
+    alien = conesfmt.save(conesfmt.Container(table, {"c": {keys[0]: [1]}}), tmp_path / "alien.cones")
+    for command in ("verify", "bake"):
+        result = cones(
+            command, str(alien), "--model", str(other), *(["--out", str(out)] * (command == "bake"))
+        )
+        line = one_line(result.stderr)
+        assert result.returncode == 1 and "another architecture: extra.attn2.to_k.weight" in line
+        assert line.endswith("missing from the model")  # no override exists: none is offered
+
+    unchecked = conesfmt.save(random_container(unet, seed=6, fingerprint=False), tmp_path / "bare.cones")
+    result = cones("verify", str(unchecked), "--model", str(other))
+    assert one_line(result.stderr) == (
+        "cones verify: error: bare.cones has no fingerprint: its layer table fits this model, "
+        "but the weights cannot be checked; cones bake --no-strict would use it anyway"
+    )
+
+
+def test_cones_bake_no_strict_warns_in_one_line(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    noisy(tiny_unet(seed=0), 0.01).save_pretrained(other)
+    container = conesfmt.save(random_container(tiny_unet(seed=0), seed=6), tmp_path / "cat.cones")
+    out = tmp_path / "baked.safetensors"
+
+    result = cones("bake", str(container), "--model", str(other), "--out", str(out), "--no-strict")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}")
+    line = one_line(
+        result.stderr
+    )  # a raw Python warning takes two: "file.py:LINE: UserWarning: ..." and the source
+    assert line.startswith(
+        "cones bake: warning: cat.cones does not fit this model (made for 'tiny'): other weights"
+    )
+    assert line.endswith("; baked anyway (--no-strict)")
+    assert "UserWarning" not in line and ".py:" not in line and "strict=False" not in line
+
+    unchecked = conesfmt.save(
+        random_container(tiny_unet(seed=0), seed=6, fingerprint=False), tmp_path / "bare.cones"
+    )
+    result = cones(
+        "bake", str(unchecked), "--model", str(other), "--out", str(out), "--overwrite", "--no-strict"
+    )
+    assert result.returncode == 0, result.stderr
+    assert one_line(result.stderr) == (
+        "cones bake: warning: bare.cones has no fingerprint: its layer table fits this model, "
+        "but the weights cannot be checked; baked anyway (--no-strict)"
+    )
+
+
+def test_a_command_without_an_override_prints_only_what_differs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """As in `cones train --keep-shut`: a fingerprint error that reaches the shared handler
+    says what differs and offers no strict=False."""
+    import conesrt.cli
+    from conesfmt.cli import main
+
+    container = random_container(tiny_unet(seed=0), seed=6)
+
+    def handler(args) -> int:
+        conesrt.apply(
+            tiny_unet(seed=1), container
+        )  # another model, as a subcommand with no --no-strict meets it
+        return 0
+
+    monkeypatch.setattr(conesrt.cli, "_verify", handler)
+    assert main(["verify", "cat.cones", "--model", str(tmp_path)]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("cones verify: error: container #0 does not fit this model (made for 'tiny')")
+    assert "sampled weights differ" in line and "strict" not in line
