@@ -32,22 +32,30 @@ def bake(
     *,
     concepts: Iterable[str] | None = None,
     strict: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Copy the weights at ``src`` to ``dst`` with the concepts' neurons set to +0.0.
 
     ``src`` is a ``.safetensors`` file or a diffusers model or pipeline folder
-    (its UNet weights). Every container is checked against ``src`` first
-    (fingerprint, spec § 4; ``strict=False`` as in :func:`conesrt.apply`).
-    The write is atomic: ``dst`` appears complete or not at all, and may be
-    ``src`` itself. Imports no torch.
+    (its UNet weights). Every container is checked against ``src`` first, as
+    in :func:`conesrt.apply`: its layer table (names, shapes) and its
+    fingerprint's sampled weights (spec § 4; other entries are not compared).
+    ``strict=False`` bakes despite other weights or a missing fingerprint,
+    with a :class:`conesrt.FingerprintWarning`. An existing ``dst`` raises
+    :class:`FileExistsError` before anything is read, unless ``overwrite``
+    (like ``cones bake --overwrite``). The write is atomic: ``dst`` appears
+    complete or not at all, and may be ``src`` itself (with ``overwrite``).
+    Imports no torch. Returns ``dst`` as a :class:`~pathlib.Path`.
     """
+    dst = Path(dst)
+    if not overwrite and (dst.exists() or dst.is_symlink()):
+        raise FileExistsError(f"{dst} exists; pass overwrite=True to replace it")
     weights = SafetensorsFile(src)
     plan = select_concepts(load_containers(containers), concepts)
     for source, container, _ in plan:
         check_fits(source, container, weights.shapes, weights.read_values, strict)
     shut = _union_by_layer(plan)
 
-    dst = Path(dst)
     with replacing(dst) as temporary:
         shutil.copyfile(weights.path, temporary)
         memory = np.memmap(temporary, dtype=np.uint8, mode="r+")

@@ -70,8 +70,6 @@ def _bake(args: argparse.Namespace) -> int:
     from .baking import bake
     from .weights_file import WeightsError
 
-    if args.out.exists() and not args.overwrite:
-        raise CommandError(f"{args.out} exists; pass --overwrite to replace it")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FingerprintWarning)
         try:
@@ -81,7 +79,10 @@ def _bake(args: argparse.Namespace) -> int:
                 args.out,
                 concepts=args.concepts,
                 strict=not args.no_strict,
+                overwrite=args.overwrite,
             )
+        except FileExistsError:  # raised before anything is read
+            raise CommandError(f"{args.out} exists; pass --overwrite to replace it") from None
         except FingerprintMismatch as error:
             advice = "; pass --no-strict to bake it anyway" if error.overridable else ""
             raise CommandError(error.reason + advice) from None

@@ -71,7 +71,7 @@ def test_bake_from_a_pipeline_folder_in_place(tmp_path: Path) -> None:
     container = random_container(unet, seed=5)
     with conesrt.apply(unet, container):
         applied = snapshot(unet)
-    conesrt.bake(tmp_path / "pipe", [container], model / WEIGHTS)  # replaces the file atomically
+    conesrt.bake(tmp_path / "pipe", [container], model / WEIGHTS, overwrite=True)  # atomic replace
     assert_bit_identical(UNet2DConditionModel.from_pretrained(model), applied)
 
 
@@ -117,6 +117,25 @@ def test_cones_bake_and_verify(tmp_path: Path) -> None:
 
     result = cones("verify", str(container), "--model", str(tmp_path / "nowhere"))
     assert result.returncode == 1 and "no such file or folder" in result.stderr
+
+
+def test_bake_refuses_an_existing_output_unless_overwrite(tmp_path: Path) -> None:
+    """As `cones bake` needs --overwrite, conesrt.bake needs overwrite=True."""
+    model = saved_unet(tmp_path / "unet")
+    container = random_container(tiny_unet(seed=0), seed=8)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match=r"out\.safetensors exists; pass overwrite=True to replace it"):
+        conesrt.bake(model, [container], out)
+    assert out.read_bytes() == b"keep me"
+    with pytest.raises(FileExistsError):  # refused before the model or the containers are read
+        conesrt.bake(tmp_path / "nowhere", [tmp_path / "missing.cones"], out)
+    with pytest.raises(FileExistsError):  # baking in place replaces the source: it needs it too
+        conesrt.bake(model, [container], model / WEIGHTS)
+
+    fresh = conesrt.bake(model, [container], tmp_path / "fresh.safetensors")
+    assert conesrt.bake(model, [container], out, overwrite=True) == out
+    assert out.read_bytes() == fresh.read_bytes()
 
 
 def one_line(stderr: str) -> str:
