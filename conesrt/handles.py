@@ -101,11 +101,14 @@ def apply(
     inference, and a ``torch.compile``d model sees the change.
 
     Everything is checked before the first write: a file that is not a valid
-    container raises :class:`conesfmt.FormatError`; a model of another
-    architecture, or other weights (the container's fingerprint, spec § 4),
-    raises :class:`FingerprintMismatch`. ``strict=False`` applies despite other
-    weights or a missing fingerprint, with a warning (never despite another
-    architecture). If writing fails midway, what was written is undone.
+    container raises :class:`conesfmt.FormatError`; a model that lacks a layer
+    of the container's table or has it with another shape, or whose weights
+    differ at the fingerprint's sampled entries (8 per layer by default,
+    spec § 4), raises :class:`FingerprintMismatch`. Only those entries are
+    compared: other layers, and one changed weight that is not sampled, pass.
+    ``strict=False`` applies despite other weights or a missing fingerprint,
+    with a :class:`FingerprintWarning` (never despite another architecture).
+    If writing fails midway, what was written is undone.
 
     >>> handle = conesrt.apply(unet, ["cat.cones", "lake.cones"])
     >>> handle.remove()  # bit for bit as before

@@ -58,6 +58,15 @@ def fingerprint(
 ) -> conesfmt.Fingerprint:
     """The fingerprint of ``target``'s weights ``layer_names``, to store in a container.
 
+    ``samples_per_layer`` values (1..256, spec § 4.2) of each layer, at fixed
+    evenly spaced entries; each costs 4 bytes per layer in the file, and a
+    model is later compared at those entries only. An edit that moves every
+    entry beyond the dtypes' rounding (spec § 4.3: another training run, a
+    fine-tune of these layers) is caught with any count; an edit of a random
+    fraction ``f`` of the entries is missed with probability about
+    ``(1 - f) ** (samples_per_layer * len(layer_names))``.
+    Containers with different counts cannot be merged (:func:`conesfmt.merge`).
+
     >>> container = conesfmt.Container(layers, concepts, fingerprint=conesrt.fingerprint(unet, layers))
     """
     tensors = resolve(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 import conesfmt
 import conesrt
+from conesfmt.fingerprint import sample_positions
 from conesrt import ledger
 from tests.conesrt.helpers import assert_bit_identical, expected_state, random_container, snapshot, union
 from tests.tiny_models import cross_attention_keys, tiny_pipeline, tiny_unet
@@ -184,6 +186,27 @@ def test_python_errors_and_warnings_name_strict_false() -> None:
     (warning,) = caught
     assert str(warning.message) == error.reason + "; using it anyway (strict=False)"
     assert warning.message.reason == error.reason and issubclass(warning.category, UserWarning)
+
+
+def test_the_fingerprint_compares_the_sampled_entries_only(unet) -> None:
+    """What the README says it catches: one changed weight passes unless it is a sampled one."""
+    container = random_container(unet, seed=14)
+    key = cross_attention_keys(unet)[0]
+    weight = unet.state_dict(keep_vars=True)[key]
+    sampled = sample_positions(weight.numel(), container.fingerprint.samples_per_layer)
+    unsampled = int(sampled[3]) + 1
+    assert unsampled not in sampled
+    with torch.no_grad():
+        weight.view(-1)[unsampled] += 0.5
+    conesrt.apply(unet, container).remove()  # not compared: it fits
+    with torch.no_grad():
+        weight.view(-1)[int(sampled[3])] += 0.5
+    layers = len(container.layers)
+    with pytest.raises(
+        conesrt.FingerprintMismatch,
+        match=rf"other weights in 1 of {layers} layers: {re.escape(key)}: 1 of 8 sampled weights differ",
+    ):
+        conesrt.apply(unet, container)
 
 
 def test_another_architecture_is_rejected_even_when_not_strict() -> None:
