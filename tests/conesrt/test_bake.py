@@ -28,7 +28,7 @@ def saved_unet(folder: Path, dtype: torch.dtype = torch.float32, seed: int = 0) 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_baked_file_equals_apply_bit_for_bit(tmp_path: Path, dtype: torch.dtype) -> None:
     model = saved_unet(tmp_path / "unet", dtype)
-    unet = UNet2DConditionModel.from_pretrained(model, torch_dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(model, dtype=dtype)
     containers = [random_container(unet, seed=s, names=(f"c{s}",)) for s in (1, 2)]
     paths = [conesfmt.save(c, tmp_path / f"c{n}.cones") for n, c in enumerate(containers)]
 
@@ -40,7 +40,7 @@ def test_baked_file_equals_apply_bit_for_bit(tmp_path: Path, dtype: torch.dtype)
 
     with conesrt.apply(unet, paths):
         applied = snapshot(unet)
-    baked = UNet2DConditionModel.from_pretrained(baked_folder, torch_dtype=dtype)
+    baked = UNet2DConditionModel.from_pretrained(baked_folder, dtype=dtype)
     assert_bit_identical(baked, applied)
 
 
