@@ -76,22 +76,18 @@ def encode_planes(entries: Sequence[tuple[int, np.ndarray]]) -> list[bytes]:
     return [compressor.compress(b"".join(parts)) for parts in planes]
 
 
-def frame_span(frame: memoryview, where: str) -> int:
-    """Bytes that the zstd frame at the start of ``frame`` occupies (RFC 8878 § 3.1.1).
+def _frame_blocks(
+    frame: memoryview, position: int, block_maximum: int, checksum: bool, where: str
+) -> list[int]:
+    """Offsets in ``frame`` where the header (at ``position``) and each block end (RFC 8878 § 3.1.1).
 
-    python-zstandard exposes no ``ZSTD_findFrameCompressedSize``; walking the
-    block headers is how the reader proves a frame ends exactly where the
-    section says it does (no trailing bytes, no second frame).
+    The last offset is the frame's end, content checksum included: python-zstandard
+    exposes no ``ZSTD_findFrameCompressedSize``, and walking the block headers is
+    how the reader proves a frame ends exactly where the section says it does (no
+    trailing bytes, no second frame). Each block header is checked on the way
+    (spec § 6.3): no reserved block type, no ``Block_Size`` over ``block_maximum``.
     """
-    if bytes(frame[:4]) != _ZSTD_MAGIC:
-        raise FormatError(f"{where}: not a zstd frame (bad magic)")
-    try:
-        position = zstandard.frame_header_size(frame)
-        params = zstandard.get_frame_parameters(frame)
-    except zstandard.ZstdError as error:
-        raise FormatError(f"{where}: bad zstd frame header ({error})") from None
-    has_checksum = params.has_checksum
-    block_maximum = min(params.window_size, MAX_ZSTD_BLOCK)  # RFC 8878 § 3.1.1.2.3
+    ends = [position]
     while True:
         if position + 3 > len(frame):
             raise FormatError(f"{where}: zstd frame is truncated")
@@ -105,60 +101,105 @@ def frame_span(frame: memoryview, where: str) -> int:
             )
         position += 3 + (1 if block_type == _BLOCK_RLE else header >> 3)
         if header & 1:
-            break
-    return position + (4 if has_checksum else 0)
+            ends.append(position + (4 if checksum else 0))
+            return ends
+        ends.append(position)
+
+
+def check_frame(frame: memoryview, expected_size: int, where: str) -> tuple[int, list[int]]:
+    """Check a plane's zstd frame from its headers alone (spec § 6.3); return its block layout.
+
+    ``expected_size`` is the plane size ``P_j``. Returns ``Block_Maximum_Size``
+    and the offsets where the header and each block end (see
+    :func:`_frame_blocks`). Raises :class:`FormatError` naming ``where``.
+    """
+    if bytes(frame[:4]) != _ZSTD_MAGIC:
+        raise FormatError(f"{where}: not a zstd frame (bad magic)")
+    try:
+        params = zstandard.get_frame_parameters(frame)
+        header_size = zstandard.frame_header_size(frame)
+    except zstandard.ZstdError as error:
+        raise FormatError(f"{where}: bad zstd frame header ({error})") from None
+    if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+        raise FormatError(f"{where}: zstd frame does not declare its content size")
+    if params.content_size != expected_size:
+        raise FormatError(
+            f"{where}: zstd frame declares {params.content_size} bytes, "
+            f"the entry table implies {expected_size}"
+        )
+    if params.dict_id != 0:
+        raise FormatError(f"{where}: zstd frame needs a dictionary ({params.dict_id})")
+    if params.window_size > MAX_ZSTD_WINDOW:
+        raise FormatError(f"{where}: zstd window of {params.window_size} bytes exceeds {MAX_ZSTD_WINDOW}")
+    # With the window at least min(content, 128 KiB), no block header can ask for more than
+    # RFC 8878's Block_Maximum_Size = min(window, 128 KiB) unnoticed: a header check, so every
+    # reader agrees.
+    if params.window_size < min(expected_size, MAX_ZSTD_BLOCK):
+        raise FormatError(
+            f"{where}: zstd window of {params.window_size} bytes is below "
+            f"min(content size, 128 KiB) = {min(expected_size, MAX_ZSTD_BLOCK)}"
+        )
+    block_maximum = min(params.window_size, MAX_ZSTD_BLOCK)  # RFC 8878 § 3.1.1.2.4
+    ends = _frame_blocks(frame, header_size, block_maximum, params.has_checksum, where)
+    if ends[-1] != len(frame):
+        raise FormatError(f"{where}: zstd frame spans {ends[-1]} bytes, the section says {len(frame)}")
+    return block_maximum, ends
 
 
 class _PlaneReader:
-    """Reads one plane's frame in bounded pieces, checking it against its declared size."""
+    """Reads one plane's frame a zstd block at a time, checking it against its declared size.
+
+    Feeding the decoder one whole block at a time is what lets the reader see
+    how much each block decodes to: RFC 8878 § 3.1.1.2.4 caps it at
+    ``Block_Maximum_Size``, which libzstd does not enforce (spec § 6.3).
+    Memory: one decoded block and the zstd window.
+    """
 
     def __init__(self, frame: memoryview, expected_size: int, where: str):
         self.where = where
-        if bytes(frame[:4]) != _ZSTD_MAGIC:
-            raise FormatError(f"{where}: not a zstd frame (bad magic)")
+        self.block_maximum, self.ends = check_frame(frame, expected_size, where)
+        self.frame = frame
+        self.fed = 0  # entries of ends given to the decoder: blocks fed
+        self.decoder = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW).decompressobj()
+        self.block = b""  # the last decoded block, read from ``offset`` on
+        self.offset = 0
+
+    def _decode_block(self) -> bool:
+        """Decode the next block into ``self.block``; False when the frame is done."""
+        if self.fed == len(self.ends) - 1:
+            return False
+        # ends[0] is the header's end: the first piece carries the header with block 0.
+        start = 0 if self.fed == 0 else self.ends[self.fed]
+        self.fed += 1
         try:
-            params = zstandard.get_frame_parameters(frame)
+            self.block = self.decoder.decompress(self.frame[start : self.ends[self.fed]])
         except zstandard.ZstdError as error:
-            raise FormatError(f"{where}: bad zstd frame header ({error})") from None
-        if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
-            raise FormatError(f"{where}: zstd frame does not declare its content size")
-        if params.content_size != expected_size:
+            raise FormatError(f"{self.where}: corrupt zstd data ({error})") from None
+        self.offset = 0
+        if len(self.block) > self.block_maximum:
             raise FormatError(
-                f"{where}: zstd frame declares {params.content_size} bytes, "
-                f"the entry table implies {expected_size}"
+                f"{self.where}: zstd block #{self.fed - 1} decodes to {len(self.block)} bytes, "
+                f"over Block_Maximum_Size {self.block_maximum}"
             )
-        if params.dict_id != 0:
-            raise FormatError(f"{where}: zstd frame needs a dictionary ({params.dict_id})")
-        if params.window_size > MAX_ZSTD_WINDOW:
-            raise FormatError(f"{where}: zstd window of {params.window_size} bytes exceeds {MAX_ZSTD_WINDOW}")
-        # With the window at least min(content, 128 KiB), no block can outgrow RFC 8878's
-        # Block_Maximum_Size = min(window, 128 KiB); a header check, so every reader agrees.
-        if params.window_size < min(expected_size, MAX_ZSTD_BLOCK):
-            raise FormatError(
-                f"{where}: zstd window of {params.window_size} bytes is below "
-                f"min(content size, 128 KiB) = {min(expected_size, MAX_ZSTD_BLOCK)}"
-            )
-        span = frame_span(frame, where)
-        if span != len(frame):
-            raise FormatError(f"{where}: zstd frame spans {span} bytes, the section says {len(frame)}")
-        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
-        self.stream = decompressor.stream_reader(frame, read_across_frames=False)
+        return True
 
     def read(self, size: int) -> bytes:
-        try:
-            data = self.stream.read(size)
-        except zstandard.ZstdError as error:
-            raise FormatError(f"{self.where}: corrupt zstd data ({error})") from None
-        if len(data) != size:
-            raise FormatError(f"{self.where}: zstd frame ends early")
-        return data
+        parts = []
+        while size:
+            if self.offset == len(self.block):
+                if not self._decode_block():
+                    raise FormatError(f"{self.where}: zstd frame ends early")
+                continue
+            piece = self.block[self.offset : self.offset + size]
+            self.offset += len(piece)
+            size -= len(piece)
+            parts.append(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def finish(self) -> None:
-        try:
-            extra = self.stream.read(1)
-        except zstandard.ZstdError as error:
-            raise FormatError(f"{self.where}: corrupt zstd data ({error})") from None
-        if extra:
+        while self.offset == len(self.block) and self._decode_block():
+            pass
+        if self.offset < len(self.block):
             raise FormatError(f"{self.where}: zstd frame holds more bytes than declared")
 
 
