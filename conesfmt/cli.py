@@ -24,6 +24,7 @@ from typing import Any
 from .errors import FormatError
 from .files import load
 from .jsonform import to_json
+from .limits import DEFAULT_MAX_INDICES
 from .summary import summarize
 
 #: Modules that contribute subcommands, in the order of ``cones --help``.
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("file", type=Path, help="a .cones file")
     inspect.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    _add_max_indices(inspect)
     inspect.set_defaults(handler=_inspect)
 
     dump = subparsers.add_parser(
@@ -55,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "conformance kit.",
     )
     dump.add_argument("file", type=Path)
+    _add_max_indices(dump)
     dump.set_defaults(handler=_dump)
 
     merge = subparsers.add_parser(
@@ -97,8 +100,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conformance.set_defaults(handler=_conformance)
 
 
+def _add_max_indices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-indices",
+        type=int,
+        default=DEFAULT_MAX_INDICES,
+        metavar="N",
+        help="refuse a file that declares more than N indices, all concepts together: decoding "
+        f"time grows with them (spec § 8.2; default {DEFAULT_MAX_INDICES:,})",
+    )
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    container = load(args.file)
+    container = load(args.file, max_indices=args.max_indices)
     summary = summarize(container, file_bytes=args.file.stat().st_size)
     if args.json:
         print(json.dumps({"file": str(args.file), **summary}, indent=1, ensure_ascii=False))
@@ -164,7 +178,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    json.dump(to_json(load(args.file)), sys.stdout, ensure_ascii=False)
+    json.dump(to_json(load(args.file, max_indices=args.max_indices)), sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0
 

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import FormatError
 from .fingerprint import Fingerprint
 from .limits import (
+    DEFAULT_MAX_INDICES,
     MAX_CONCEPTS,
     MAX_DTYPE_BYTES,
     MAX_KEY_BYTES,
@@ -36,6 +37,8 @@ from .limits import (
 
 #: The version this library writes (spec § 2.4).
 FORMAT_VERSION = (1, 0)
+#: The revision of spec/cones-format-v1.md this library implements (its change log).
+SPEC_REVISION = "1.0.1"
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
@@ -237,15 +240,31 @@ class Container:
         return encode(self)
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Container:
+    def from_bytes(
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        max_indices: int = DEFAULT_MAX_INDICES,
+        check_layers: Callable[[Mapping[str, Layer]], None] | None = None,
+    ) -> Container:
         """Decode and fully validate; raises :class:`FormatError` on any invalid input.
 
         Index data is validated now but materialised only when first used, so a
-        small file cannot make this allocate much memory.
+        small file cannot make this allocate much memory. Decoding time grows
+        with the number of indices the file declares, so a file that declares
+        more than ``max_indices`` (all concepts together; default
+        :data:`~conesfmt.limits.DEFAULT_MAX_INDICES`, 2**27) is refused with a
+        :class:`FormatError` naming the limit, before any index is decoded
+        (spec § 8.2). ``check_layers``, if given, is called with the layer table
+        as soon as it is read, before any index is decoded; what it raises
+        propagates (a runtime refuses a container made for another model there).
+
+        >>> Container.from_bytes(data, max_indices=1 << 30)  # a file of up to 2**30 indices
+        Container(140 layers, concepts=['cat'], fingerprint=yes)
         """
         from .sections import decode
 
-        return decode(data)
+        return decode(data, max_indices=max_indices, check_layers=check_layers)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Container):

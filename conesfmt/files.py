@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .container import Container
+from .container import Container, Layer
 from .errors import FormatError
-from .limits import MAX_SECTION_BYTES
+from .limits import DEFAULT_MAX_INDICES, MAX_SECTION_BYTES
 
-#: Largest file :func:`load` reads (a few sections at their maximum size).
+#: Largest file :func:`load` reads (a few sections at their maximum size), a reader
+#: limit of spec § 8.2: a valid file may be larger, and is then refused.
 MAX_FILE_BYTES = 4 * MAX_SECTION_BYTES
+#: Bytes :func:`load` reads at a time.
+READ_CHUNK_BYTES = 1 << 20
 
 
 def _umask() -> int:
@@ -73,26 +76,45 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def load(source: str | os.PathLike[str] | BinaryIO) -> Container:
+def load(
+    source: str | os.PathLike[str] | BinaryIO,
+    *,
+    max_indices: int = DEFAULT_MAX_INDICES,
+    check_layers: Callable[[Mapping[str, Layer]], None] | None = None,
+) -> Container:
     """Read a container from a path or a binary file object.
 
     Raises :class:`FormatError` (naming the file) if it is not a valid
-    container, and ``OSError`` if it cannot be read.
+    container, if it is larger than :data:`MAX_FILE_BYTES`, or if it declares
+    more than ``max_indices`` indices (spec § 8.2); ``OSError`` if it cannot be
+    read. ``check_layers`` as in :meth:`Container.from_bytes`. The file is read
+    in pieces of :data:`READ_CHUNK_BYTES`, so memory follows the file's size.
 
     >>> container = conesfmt.load("cat.cones")
     """
     if hasattr(source, "read"):
         name = getattr(source, "name", "<stream>")
-        data = source.read(MAX_FILE_BYTES + 1)
+        data = _read_all(source, name)
     else:
         name = os.fspath(source)
         with open(source, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    if not isinstance(data, bytes | bytearray):
-        raise FormatError(f"{name}: expected a binary file, got {type(data).__name__} from read()")
-    if len(data) > MAX_FILE_BYTES:
-        raise FormatError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
+            data = _read_all(handle, name)
     try:
-        return Container.from_bytes(data)
+        return Container.from_bytes(data, max_indices=max_indices, check_layers=check_layers)
     except FormatError as error:
         raise FormatError(f"{name}: {error}") from None
+
+
+def _read_all(handle: BinaryIO, name: str) -> bytes:
+    """All bytes of ``handle``, in pieces: never an up-front allocation of the size limit (spec § 8.2)."""
+    parts, total = [], 0
+    while True:
+        piece = handle.read(READ_CHUNK_BYTES)
+        if not isinstance(piece, bytes | bytearray):
+            raise FormatError(f"{name}: expected a binary file, got {type(piece).__name__} from read()")
+        if not piece:
+            return b"".join(parts)
+        total += len(piece)
+        if total > MAX_FILE_BYTES:
+            raise FormatError(f"{name}: larger than {MAX_FILE_BYTES} bytes (MAX_FILE_BYTES, spec § 8.2)")
+        parts.append(piece)

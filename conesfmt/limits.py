@@ -1,8 +1,10 @@
 """Limits a reader enforces before it trusts a count or allocates (spec § 8).
 
-They protect readers from hostile files; every one is far above what a real
-container needs (SDXL's 140 cross-attention K/V tensors with 7 % of their
-340 M entries shut fit easily).
+The format limits (spec § 8.1) say what a valid file is; every one is far
+above what a real container needs (SDXL's 140 cross-attention K/V tensors with
+7 % of their 340 M entries shut fit easily). The reader limits (spec § 8.2)
+bound the work a reader does for one file: a file above them is refused, not
+invalid, and a caller can raise them.
 """
 
 from __future__ import annotations
@@ -35,3 +37,13 @@ MAX_SECTION_BYTES = 1 << 31
 MAX_LAYER_TABLE_BYTES = 16 << 20
 #: zstd window a reader needs per index stream (zstd level 19 uses at most this).
 MAX_ZSTD_WINDOW = 8 << 20
+
+# Reader limits (spec § 8.2): configurable, defaults here.
+
+#: Indices a reader decodes from one file, all concepts together, by default
+#: (``max_indices=``). Decoding time grows with this count, and a small file can
+#: declare many (RLE blocks: 164 KB for 2**30). 2**27 = 134,217,728 is 3.9 x
+#: SDXL's cross-attention K/V at 10 % (34,078,720) and 3.7 x Flux.1's text K/V
+#: at 10 % (35,872,973), 8 x below ``spec/vectors/invalid/index-bomb.cones``;
+#: decoding that many takes 1-3 s here.
+DEFAULT_MAX_INDICES = 1 << 27

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 
-from .codec import CODEC_BYTE_PLANES, encode_planes, iter_index_blocks, layer_width
+from .codec import CODEC_BYTE_PLANES, check_frame, encode_planes, iter_index_blocks, layer_width, plane_sizes
 from .container import FORMAT_VERSION, Concept, Container, Layer, check_layer
 from .errors import FormatError
 from .fingerprint import Fingerprint
 from .limits import (
+    DEFAULT_MAX_INDICES,
     MAX_CONCEPTS,
     MAX_DTYPE_BYTES,
     MAX_KEY_BYTES,
@@ -103,18 +107,29 @@ def encode(container: Container) -> bytes:
     return b"".join(parts)
 
 
-def decode(data: bytes | bytearray | memoryview) -> Container:
-    """Parse and validate every rule of the spec; see :meth:`Container.from_bytes`."""
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_indices: int = DEFAULT_MAX_INDICES,
+    check_layers: Callable[[Mapping[str, Layer]], None] | None = None,
+) -> Container:
+    """Parse and validate every rule of the spec; see :meth:`Container.from_bytes`.
+
+    Two passes: the structure of every section first (framing, CRCs, fields,
+    counts against ``max_indices``, frame headers), then the index data, the
+    one part whose cost grows with what the file declares (spec § 8.2).
+    """
+    if not isinstance(max_indices, int) or max_indices < 0:
+        raise ValueError(f"max_indices must be an int >= 0, got {max_indices!r}")
     data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     minor = _read_preamble(data)
     # A file of a newer minor may append fields to known sections (spec § 2.4).
     extension = minor > FORMAT_VERSION[1]
-    # Decoded indices kept while validating: at most 8 bytes per file byte, plus 4 MiB.
-    budget = [8 * len(data) + (4 << 20)]
     layers: dict[str, Layer] | None = None
     fingerprint: Fingerprint | None = None
     metadata: dict[str, str] = {}
-    concepts: dict[str, Concept] = {}
+    pending: dict[str, _PendingConcept] = {}
+    indices_left = max_indices
     stage = -1
     position = PREAMBLE_SIZE
     number = 0
@@ -124,13 +139,15 @@ def decode(data: bytes | bytearray | memoryview) -> Container:
         if tag not in _ORDER:
             if tag[:1].isupper():
                 raise FormatError(f"{label}: unknown required section")
-            # An unknown optional section is skipped (spec § 2.3).
+            # An unknown optional section is skipped, even before LAYR (spec § 2.3).
         else:
             order = _ORDER[tag]
             if order < stage or (order == stage and tag != TAG_CONCEPT):
                 raise FormatError(f"{label}: out of order or repeated")
             if layers is None and tag != TAG_LAYERS:
-                raise FormatError(f"{label}: the layer table (LAYR) must come first")
+                raise FormatError(
+                    f"{label}: comes before the layer table (LAYR must be the first known section)"
+                )
             stage = order
             reader = FieldReader(payload, label)
             if tag == TAG_LAYERS:
@@ -140,19 +157,25 @@ def decode(data: bytes | bytearray | memoryview) -> Container:
             elif tag == TAG_METADATA:
                 metadata = reader.map("container metadata")
             elif tag == TAG_CONCEPT:
-                if len(concepts) == MAX_CONCEPTS:
+                if len(pending) == MAX_CONCEPTS:
                     raise FormatError(f"{label}: more than {MAX_CONCEPTS} concepts")
-                name, concept = _read_concept(reader, layers, budget)
-                if name in concepts:
-                    raise FormatError(f"{label}: duplicate concept name {name!r}")
-                concepts[name] = concept
+                concept = _read_concept(reader, layers, indices_left, max_indices)
+                if concept.name in pending:
+                    raise FormatError(f"{label}: duplicate concept name {concept.name!r}")
+                pending[concept.name] = concept
+                indices_left -= concept.total
             reader.expect_end(allow_extension=extension)
+            if tag == TAG_LAYERS and check_layers is not None:
+                check_layers(MappingProxyType(layers))  # the caller's check, before any index is read
             if tag == TAG_END:
                 if next_position != len(data):
                     raise FormatError(f"{len(data) - next_position} trailing bytes after CEND")
                 break
         position, number = next_position, number + 1
     assert layers is not None
+    # Decoded indices kept while validating: at most 8 bytes per file byte, plus 4 MiB.
+    budget = [8 * len(data) + (4 << 20)]
+    concepts = {name: concept.validate(budget) for name, concept in pending.items()}
     return Container._trusted(layers, concepts, fingerprint, metadata, (FORMAT_VERSION[0], minor))
 
 
@@ -175,8 +198,14 @@ def _read_preamble(data: bytes | memoryview) -> int:
 
 def _read_section(data: bytes | memoryview, position: int, number: int) -> tuple[bytes, memoryview, int]:
     where = f"section #{number} at byte {position}"
+    if position == len(data):
+        last = "the preamble" if number == 0 else f"section #{number - 1}"
+        raise FormatError(f"{where}: file is truncated: it ends after {last}, with no CEND section")
     if position + _SECTION_HEADER.size > len(data):
-        raise FormatError(f"{where}: file is truncated (no CEND section)")
+        raise FormatError(
+            f"{where}: file is truncated inside a section header: "
+            f"{len(data) - position} of its 8 bytes (tag, length) are present"
+        )
     tag, length = _SECTION_HEADER.unpack_from(data, position)
     if not (tag.isascii() and tag.isalpha()):
         raise FormatError(f"{where}: invalid section tag {tag!r}")
@@ -186,7 +215,12 @@ def _read_section(data: bytes | memoryview, position: int, number: int) -> tuple
         raise FormatError(f"{where} ({tag.decode()}): length {length} exceeds {cap}")
     end = position + _SECTION_HEADER.size + length
     if end + _CRC.size > len(data):
-        raise FormatError(f"{where} ({tag.decode()}): declares {length} bytes but the file is truncated")
+        present = len(data) - position - _SECTION_HEADER.size
+        raise FormatError(
+            f"{where} ({tag.decode()}): file is truncated: {length + _CRC.size - present} bytes "
+            f"missing (its {length}-byte payload and 4-byte CRC need {length + _CRC.size} bytes, "
+            f"the file has {present})"
+        )
     view = memoryview(data)
     (stored,) = _CRC.unpack_from(data, end)
     if zlib.crc32(view[position:end]) != stored:
@@ -233,8 +267,57 @@ def _read_fingerprint(reader: FieldReader, layers: dict[str, Layer]) -> Fingerpr
     return Fingerprint({key: values[n].astype(np.float32) for n, key in enumerate(layers)})
 
 
-def _read_concept(reader: FieldReader, layers: dict[str, Layer], budget: list[int]) -> tuple[str, Concept]:
-    """One CNPT payload; ``budget`` is how many bytes of decoded indices may still be kept."""
+class _PendingConcept(NamedTuple):
+    """A concept whose fields and frame headers are checked, and whose indices are not yet read."""
+
+    name: str
+    metadata: dict[str, str]
+    entries: list[tuple[str, int]]  # (layer key, count) per entry
+    numels: list[int]
+    frames: list[bytes]
+    where: str
+
+    @property
+    def total(self) -> int:
+        return sum(count for _, count in self.entries)
+
+    def validate(self, budget: list[int]) -> Concept:
+        """Decode and check every index (spec § 6.3); ``budget`` is bytes of indices that may be kept.
+
+        If the decoded indices fit the budget they are kept (one pass instead of
+        two for ordinary files); otherwise they are decoded again on first use,
+        so a small file that describes many indices cannot make this allocate
+        much (spec § 8).
+        """
+        needed = 8 * self.total
+        if needed <= budget[0]:
+            budget[0] -= needed
+            arrays = self._decode(keep=True)
+            return Concept._lazy(self.metadata, dict(self.entries), lambda: arrays)
+        self._decode(keep=False)
+        return Concept._lazy(self.metadata, dict(self.entries), lambda: self._decode(keep=True))
+
+    def _decode(self, keep: bool) -> dict[str, np.ndarray]:
+        arrays = {key: np.empty(count, dtype=np.int64) for key, count in self.entries} if keep else {}
+        filled = [0] * len(self.entries)
+        sizes = [(numel, count) for numel, (_, count) in zip(self.numels, self.entries, strict=True)]
+        labels = [f"{self.where}, layer {key!r}" for key, _ in self.entries]
+        for number, block in iter_index_blocks(self.frames, sizes, self.where, labels):
+            if keep:
+                arrays[self.entries[number][0]][filled[number] : filled[number] + block.size] = block
+            filled[number] += block.size
+        for array in arrays.values():
+            array.flags.writeable = False
+        return arrays
+
+
+def _read_concept(
+    reader: FieldReader, layers: dict[str, Layer], indices_left: int, max_indices: int
+) -> _PendingConcept:
+    """One CNPT payload, up to its frame headers.
+
+    ``indices_left`` of the reader's ``max_indices`` may still be declared (spec § 8.2).
+    """
     name = reader.str16("concept name", min_bytes=1, max_bytes=MAX_NAME_BYTES)
     reader.where = f"{reader.where}, concept {name!r}"
     metadata = reader.map("metadata")
@@ -259,34 +342,23 @@ def _read_concept(reader: FieldReader, layers: dict[str, Layer], budget: list[in
         numel = layers[key].numel
         if not 1 <= count <= numel:
             raise reader.fail(f"layer {key!r}: count {count}, allowed 1..numel={numel}")
+        # Compared as a difference, so the running total never overflows (spec § 1.1).
+        if count > indices_left:
+            raise reader.fail(
+                f"layer {key!r}: count {count:,} takes the file past this reader's limit of "
+                f"{max_indices:,} indices (max_indices, spec § 8.2); the file may be valid: "
+                f"raise max_indices (--max-indices on the command line) to read it"
+            )
+        indices_left -= count
         entries.append((key, count))
     widths = [layer_width(layers[key].numel) for key, _ in entries]
     frame_lengths = [reader.u32(f"plane {plane} frame length") for plane in range(max(widths, default=0))]
     frames = [
         bytes(reader.take(length, f"plane {plane} frame")) for plane, length in enumerate(frame_lengths)
     ]
-
-    sizes = [(layers[key].numel, count) for key, count in entries]
-    labels = [f"{reader.where}, layer {key!r}" for key, _ in entries]
-
-    def decode(validate_only: bool) -> dict[str, np.ndarray]:
-        arrays = {} if validate_only else {key: np.empty(count, dtype=np.int64) for key, count in entries}
-        filled = [0] * len(entries)
-        for number, block in iter_index_blocks(frames, sizes, reader.where, labels):
-            if not validate_only:
-                arrays[entries[number][0]][filled[number] : filled[number] + block.size] = block
-            filled[number] += block.size
-        for array in arrays.values():
-            array.flags.writeable = False
-        return arrays
-
-    # Validate now. Keep what is decoded if it fits the budget (one pass instead of
-    # two for ordinary files); otherwise decode again on first use, so a small file
-    # that describes many indices cannot make this allocate much (spec § 8).
-    needed = 8 * sum(count for _, count in entries)
-    if needed <= budget[0]:
-        budget[0] -= needed
-        arrays = decode(validate_only=False)
-        return name, Concept._lazy(metadata, dict(entries), lambda: arrays)
-    decode(validate_only=True)
-    return name, Concept._lazy(metadata, dict(entries), lambda: decode(validate_only=False))
+    numels = [layers[key].numel for key, _ in entries]
+    # Frame headers now, with the structure: cheap, and before any index is decoded.
+    sizes = plane_sizes([(numel, count) for numel, (_, count) in zip(numels, entries, strict=True)])
+    for plane, (frame, size) in enumerate(zip(frames, sizes, strict=True)):
+        check_frame(memoryview(frame), size, f"{reader.where}, plane {plane}")
+    return _PendingConcept(name, metadata, entries, numels, frames, reader.where)

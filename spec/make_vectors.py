@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import conesfmt  # noqa: E402
+from conesfmt.conformance.hostile import index_bomb  # noqa: E402
 from conesfmt.jsonform import to_json  # noqa: E402
 from conesfmt.sections import MAGIC, section  # noqa: E402
 from conesfmt.wire import FieldWriter  # noqa: E402
@@ -70,6 +71,73 @@ def zstd(data: bytes, level: int = 19, checksum: bool = False, content_size: boo
     return zstandard.ZstdCompressor(
         level=level, write_content_size=content_size, write_checksum=checksum, write_dict_id=False
     ).compress(data)
+
+
+def hand_frame(content: bytes, descriptor: int, window: int | None = None, fcs_size: int = 1) -> bytes:
+    """A zstd frame of ``content`` in one raw block, with the header spelt out (RFC 8878 § 3.1.1.1).
+
+    ``descriptor`` is the Frame_Header_Descriptor byte, ``window`` the
+    Window_Descriptor byte (present unless single-segment), ``fcs_size`` the
+    bytes of Frame_Content_Size (a 2-byte field holds the size minus 256).
+    """
+    size = len(content) - 256 if fcs_size == 2 else len(content)
+    header = b"\x28\xb5\x2f\xfd" + bytes([descriptor]) + (bytes([window]) if window is not None else b"")
+    header += size.to_bytes(fcs_size, "little")
+    return header + struct.pack("<I", (len(content) << 3) | 1)[:3] + content
+
+
+def oversized_block_frame(byte: int, match_length: int) -> bytes:
+    """A single-segment frame whose one compressed block decodes to ``1 + match_length`` bytes.
+
+    The block holds one literal ``byte`` and one sequence (literal length 1,
+    offset 1, match length ``match_length``) in the predefined FSE tables of
+    RFC 8878 § 3.1.1.3.2.2, so its Block_Size is 9 bytes whatever it decodes to.
+    ``match_length`` is 65,539 + 16 extra bits (match-length code 52).
+    """
+    # Predefined distributions (RFC 8878 § 3.1.1.3.2.2.1-3) and the FSE spread of § 4.1.1.
+    literal_lengths = [4, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 2, 1]
+    literal_lengths += [1, 1, 1, 1, -1, -1, -1, -1]
+    match_lengths = [1, 4, 3] + [2] * 6 + [1] * 37 + [-1] * 7
+    offsets = [1] * 6 + [2] * 3 + [1] * 15 + [-1] * 5
+
+    def state_of(distribution: list[int], log: int, symbol: int) -> int:
+        size = 1 << log
+        table: list[int | None] = [None] * size
+        high = size - 1
+        for number, probability in enumerate(distribution):
+            if probability == -1:
+                table[high] = number
+                high -= 1
+        step, position = (size >> 1) + (size >> 3) + 3, 0
+        for number, probability in enumerate(distribution):
+            for _ in range(max(probability, 0)):
+                table[position] = number
+                position = (position + step) & (size - 1)
+                while position > high:
+                    position = (position + step) & (size - 1)
+        return table.index(symbol)
+
+    extra = match_length - 65_539
+    assert 0 <= extra < 1 << 16
+    # The bitstream is read backwards: the initial states (LL, OF, ML), then the extra
+    # bits of offset, match length and literal length; so they are written in reverse.
+    value, bits = 0, 0
+    for field, width in [
+        (extra, 16),  # match length code 52: 16 extra bits
+        (0, 2),  # offset code 2: Offset_Value 4 + 0, i.e. offset 1
+        (state_of(match_lengths, 6, 52), 6),
+        (state_of(offsets, 5, 2), 5),
+        (state_of(literal_lengths, 6, 1), 6),  # literal length code 1
+        (1, 1),  # the end marker
+    ]:
+        value |= field << bits
+        bits += width
+    stream = value.to_bytes((bits + 7) // 8, "little")
+    # Raw literals section of 1 byte; 1 sequence; all three tables predefined.
+    block = bytes([1 << 3, byte, 1, 0x00]) + stream
+    content = 1 + match_length
+    header = b"\x28\xb5\x2f\xfd" + bytes([0xA0]) + struct.pack("<I", content)  # single segment
+    return header + struct.pack("<I", (len(block) << 3) | (2 << 1) | 1)[:3] + block
 
 
 def planes_of(deltas: list[int], width: int) -> list[bytes]:
@@ -197,6 +265,43 @@ def valid_vectors() -> dict[str, tuple[bytes, bool]]:
         ),
         False,
     )
+    # Spec 1.0.1 (its change log names the findings).
+    out["empty-meta"] = (assemble(BASE_LAYR, section(b"META", raw_map([])), base_concept(), END), False)
+    out["optional-section-before-layers"] = (
+        assemble(section(b"note", b"before the layer table"), BASE_LAYR, base_concept(), END),
+        False,
+    )
+    fingerprint_payload = struct.pack("<H", 2) + struct.pack("<2f", 0.99, -0.0)
+    out["newer-minor-fingerprint-extension"] = (
+        assemble(
+            BASE_LAYR,
+            section(b"FPRT", fingerprint_payload + b"\x01\x02\x03\x04\x05"),
+            section(b"META", raw_map([(b"base_model", b"tiny")]) + b"appended"),
+            base_concept(),
+            END,
+            minor=1,
+        ),
+        False,
+    )
+    content = bytes(planes_of([2, 3, 10], 1)[0])
+    forms = {
+        "content size in 1 byte, single segment": hand_frame(content, 0x20),
+        "content size in 8 bytes": hand_frame(content, 0xE0, fcs_size=8),
+        "content size in 4 bytes, window descriptor": hand_frame(content, 0x80, window=0x00, fcs_size=4),
+        "unused bit set": hand_frame(content, 0x30),
+    }
+    frame_layers = [BASE_LAYERS[0], ("blk.attn2.to_v.weight", "F32", (16, 16))]
+    concepts = [section(b"CNPT", concept_payload(n.encode(), [(0, 3)], [f])) for n, f in forms.items()]
+    every = bytes(planes_of([0] + [1] * 255, 1)[0])  # all 256 entries: a 256-byte plane
+    concepts.append(
+        section(
+            b"CNPT",
+            concept_payload(
+                b"content size in 2 bytes (+256)", [(1, 256)], [hand_frame(every, 0x60, fcs_size=2)]
+            ),
+        )
+    )
+    out["frame-header-forms"] = (assemble(section(b"LAYR", layer_table(frame_layers)), *concepts, END), False)
     return out
 
 
@@ -236,6 +341,13 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         "major version",
     )
     add("truncated-in-section", good[:-20], 3, "cut inside the last sections", "truncated")
+    add(
+        "truncated-in-end-marker",
+        good[:-2],
+        3,
+        "cut inside CEND's CRC: 2 of its 4 bytes are present",
+        "2 bytes missing",
+    )
     add(
         "truncated-at-boundary",
         assemble(BASE_LAYR, base_concept()),
@@ -313,9 +425,9 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         assemble(base_concept(), BASE_LAYR, END),
         7,
         "CNPT before LAYR",
-        "must come first",
+        "first known section",
     )
-    add("no-layer-table", assemble(END), 7, "CEND with no LAYR", "must come first")
+    add("no-layer-table", assemble(END), 7, "CEND with no LAYR", "first known section")
     add(
         "concept-after-end",
         assemble(BASE_LAYR, END, base_concept()),
@@ -340,10 +452,10 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "string-past-payload",
-        assemble(section(b"LAYR", struct.pack("<IH", 1, 500) + b"short"), END),
+        assemble(section(b"LAYR", struct.pack("<IH", 1, 500) + b"a key of 20 bytes..."), END),
         10,
-        "a key declares 500 bytes, 5 remain",
-        "only 5 remain",
+        "a key declares 500 bytes, 20 remain (enough for one layer record, so only this rule catches it)",
+        "only 20 remain",
     )
     add(
         "name-not-utf8",
@@ -412,9 +524,9 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
     )
     add(
         "layer-ndim-0",
-        assemble(section(b"LAYR", layer_table([("a", "F32", ())])), END),
+        assemble(section(b"LAYR", layer_table([("a", "F32", ())]) + struct.pack("<I", 7)), END),
         13,
-        "a layer with no dimensions",
+        "a layer with no dimensions, followed by 4 bytes (the size of the one dimension a record needs)",
         "0 dimensions",
     )
     add(
@@ -465,6 +577,13 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         14,
         "2 samples declared, 1 value present",
         "sample values",
+    )
+    add(
+        "fingerprint-long",
+        assemble(BASE_LAYR, section(b"FPRT", struct.pack("<H", 1) + struct.pack("<2f", 0.5, 0.25)), END),
+        9,
+        "1 sample per layer declared, 2 values present, in a 1.0 file (a newer minor may append them)",
+        "unexpected bytes",
     )
     add(
         "fingerprint-nan",
@@ -605,6 +724,35 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         "below min(content size, 128 KiB)",
     )
     add(
+        "frame-reserved-bit",
+        assemble(BASE_LAYR, base_concept(frames=[hand_frame(bytes(planes_of([2, 3, 10], 1)[0]), 0x28)]), END),
+        18,
+        "the frame header's reserved bit (bit 3 of the descriptor) is set",
+        "zstd frame header",
+    )
+    big = section(b"LAYR", layer_table([("a", "F32", (1024, 1024))]))  # width 3
+    count = 1 + 131_074  # indices 1..131,075: deltas 1, one plane byte each
+    add(
+        "frame-block-decodes-over-maximum",
+        assemble(
+            big,
+            section(
+                b"CNPT",
+                concept_payload(
+                    b"cat",
+                    [(0, count)],
+                    [oversized_block_frame(1, 131_074), zstd(bytes(count)), zstd(bytes(count))],
+                ),
+            ),
+            END,
+        ),
+        18,
+        "a 9-byte compressed block that decodes to 131,075 bytes, over Block_Maximum_Size (128 KiB); "
+        "the frame's content size is right (libzstd's one-shot decoder accepts it; its streaming decoder "
+        "reports corruption)",
+        "corrupt zstd data",
+    )
+    add(
         "frame-length-past-payload",
         assemble(BASE_LAYR, base_concept(frame_lengths=[len(frame) + 5], frames=[frame]), END),
         10,
@@ -624,6 +772,14 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         19,
         "indices 2, 5, 20 in a 20-entry layer",
         ">= numel 20",
+    )
+    add(
+        "index-bomb",
+        index_bomb(),
+        19,
+        "164 KB: one layer of 2^40 entries, 2^30 indices in RLE blocks, the last delta 0; with the "
+        "default index limit (spec § 8.2) a reader refuses it before decoding any index",
+        "max_indices",
     )
     return v
 
