@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .contract import DECODE_SECONDS, REJECT_STATUS
 from .errors import FormatError
 from .files import load
 from .jsonform import to_json
@@ -75,10 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conformance = subparsers.add_parser(
         "conformance",
         help="run the hypothesis conformance kit against a reader",
-        description="Generate valid containers and mutations of them, and check a reader "
-        "against this library: it must decode valid files to their content and accept "
-        "exactly the mutations this library accepts. The reader is a command that prints "
-        "the decoded JSON (spec § 12) and exits 0, or exits non-zero to reject.",
+        description="Give a reader the hostile inputs (a decoding bomb), then generate valid "
+        "containers and mutations of them, and check the reader against this library: it must "
+        "decode valid files to their content and accept exactly the mutations this library "
+        "accepts. The reader is a command that prints the decoded JSON (spec § 12) and exits 0, "
+        f"or exits {REJECT_STATUS} to reject; another status, a signal, a sanitizer report on "
+        "stderr or a run past --timeout is a failure (docs/conformance.md).",
     )
     conformance.add_argument(
         "--reader",
@@ -87,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     conformance.add_argument("--examples", type=int, default=100, help="valid containers (default 100)")
     conformance.add_argument("--mutations", type=int, default=20, help="mutations per container (default 20)")
+    conformance.add_argument(
+        "--timeout",
+        type=float,
+        default=DECODE_SECONDS,
+        help=f"seconds the reader may take on one input, its start included (default {DECODE_SECONDS:g})",
+    )
     conformance.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: fixed)")
     conformance.add_argument(
         "--shrink", action="store_true", help="minimise a failing input first (slow for a command reader)"
@@ -190,7 +199,7 @@ def _conformance(args: argparse.Namespace) -> int:
         raise CommandError(
             f"the conformance kit needs hypothesis: pip install hypothesis ({error})"
         ) from None
-    reader = LibraryReader() if args.reader is None else CommandReader(args.reader)
+    reader = LibraryReader() if args.reader is None else CommandReader(args.reader, timeout=args.timeout)
     try:
         summary = run(
             reader,
@@ -203,8 +212,9 @@ def _conformance(args: argparse.Namespace) -> int:
         args.failure.write_bytes(failure.data)
         raise CommandError(f"{failure} (the input is saved in {args.failure})") from None
     print(
-        f"passed: {summary.valid_containers} valid containers, {summary.mutated_inputs} mutated "
-        f"inputs ({summary.accepted_mutations} of them valid containers, the rest rejected)"
+        f"passed: {summary.hostile_inputs} hostile inputs refused, {summary.valid_containers} valid "
+        f"containers, {summary.mutated_inputs} mutated inputs ({summary.accepted_mutations} of them "
+        "valid containers, the rest rejected)"
     )
     return 0
 

@@ -5,40 +5,53 @@ form of a valid file, or ``None`` when it rejects the file. Other exceptions,
 hangs and oversized allocations are failures.
 
 >>> reader = LibraryReader()                     # this library
->>> reader = CommandReader("./my-reader {}")     # JSON on stdout; non-zero exit: rejected
+>>> reader = CommandReader("./my-reader {}")     # JSON on stdout and exit 0; exit 1: rejected
 >>> summary = run(reader, examples=200)          # hypothesis drives every property
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import re
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any, Protocol
 
+import numpy as np
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from ..container import Container
+from ..contract import DECODE_SECONDS, REJECT_STATUS
 from ..errors import FormatError
 from ..jsonform import to_json
+from .hostile import HOSTILE_INPUTS
 from .mutations import mutations
 from .strategies import containers
 
 #: A reader may use this much memory to validate a file, beyond 16 bytes per file byte
 #: (the reference reader decodes in blocks of 65,536 indices).
 MEMORY_ALLOWANCE = 8 << 20
-#: Seconds one decode may take before it counts as a hang.
-DECODE_SECONDS = 5.0
+#: What AddressSanitizer, LeakSanitizer, MemorySanitizer, ThreadSanitizer and UBSan print.
+_SANITIZER_REPORT = re.compile(
+    rb"^.*(?:(?:Address|HWAddress|Leak|Memory|Thread|UndefinedBehavior)Sanitizer"
+    rb"|:\d+:\d+: runtime error: ).*$",
+    re.MULTILINE,
+)
 
 
 class ConformanceFailure(AssertionError):
-    """A reader disagrees with the reference; ``data`` is the input that shows it."""
+    """A reader disagrees with the reference or misbehaves; ``data`` is the input that shows it."""
 
     def __init__(self, message: str, data: bytes):
         super().__init__(message)
@@ -62,11 +75,18 @@ class LibraryReader:
 class CommandReader:
     """An external reader: ``command`` with ``{}`` replaced by a file path (appended if absent).
 
-    Exit status 0 with the decoded JSON on stdout means accepted; any other
-    status means rejected; running longer than ``timeout`` seconds is a hang.
+    Exit status 0 with the decoded JSON on stdout means accepted;
+    :data:`REJECT_STATUS` (1) means rejected. Anything else raises
+    :class:`ConformanceFailure`: another status, death by a signal (SIGSEGV,
+    SIGABRT...), a sanitizer report on stderr, or running longer than
+    ``timeout`` seconds (the process group is then killed). JSON numbers are
+    read exactly (as decimals), so fingerprint values can be compared as binary32.
+
+    >>> CommandReader("./my-reader {}", timeout=5.0).decode(data)
+    {'version': [1, 0], ...}
     """
 
-    def __init__(self, command: str, timeout: float = 30.0):
+    def __init__(self, command: str, timeout: float = DECODE_SECONDS):
         self.command = command
         self.timeout = timeout
 
@@ -77,16 +97,54 @@ class CommandReader:
                 handle.write(data)
             argv = shlex.split(self.command)
             argv = [path if part == "{}" else part for part in argv] if "{}" in argv else [*argv, path]
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
             try:
-                result = subprocess.run(argv, capture_output=True, timeout=self.timeout)
+                stdout, stderr = process.communicate(timeout=self.timeout)
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"reader hung for more than {self.timeout} s") from None
-        if result.returncode != 0:
+                _kill_group(process)
+                raise ConformanceFailure(
+                    f"reader ran past the per-input limit of {self.timeout:g} s on a {len(data)}-byte "
+                    f"input (a hang; --timeout)",
+                    data,
+                ) from None
+            finally:
+                _kill_group(process)  # nothing it started outlives the input
+        status = process.returncode
+        report = _SANITIZER_REPORT.search(stderr)
+        if report:
+            line = report.group(0).decode("utf-8", "replace").strip()[:200]
+            raise ConformanceFailure(
+                f"reader's stderr has a sanitizer report (status {status}): {line}", data
+            )
+        if status < 0:
+            name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ else -status
+            raise ConformanceFailure(f"reader was killed by signal {name}{_tail(stderr)}", data)
+        if status == REJECT_STATUS:
             return None
+        if status != 0:
+            raise ConformanceFailure(
+                f"reader exited with status {status}: 0 accepts, {REJECT_STATUS} rejects, any other "
+                f"status is a failure{_tail(stderr)}",
+                data,
+            )
         try:
-            return json.loads(result.stdout)
-        except json.JSONDecodeError as error:
-            raise AssertionError(f"reader exited 0 but printed no JSON ({error})") from None
+            return json.loads(stdout, parse_float=Decimal)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConformanceFailure(f"reader exited 0 but printed no JSON ({error})", data) from None
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the reader's process group (a shell wrapper's children too) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
+def _tail(stderr: bytes) -> str:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return f" (stderr: {lines[-1][:200]})" if lines else ""
 
 
 def check_round_trip(container: Container) -> None:
@@ -121,9 +179,7 @@ def check_mutation(reader: Reader, data: bytes) -> bool:
     expected = _library_decode_checked(data)
     if isinstance(reader, LibraryReader):
         return expected is not None
-    started = time.monotonic()
-    got = reader.decode(data)
-    assert time.monotonic() - started < max(DECODE_SECONDS, getattr(reader, "timeout", 0))
+    got = _timed_decode(reader, data)
     if expected is None and got is not None:
         raise ConformanceFailure("reader accepted a file the reference reader rejects", data)
     if expected is not None and got is None:
@@ -155,8 +211,90 @@ def _library_decode_checked(data: bytes) -> dict[str, Any] | None:
     return decoded
 
 
-def _normalise(document: dict[str, Any]) -> str:
-    return json.dumps(document, sort_keys=True)
+def _timed_decode(reader: Reader, data: bytes) -> dict[str, Any] | None:
+    """``reader.decode(data)``, failing if it takes longer than the reader's per-input limit."""
+    limit = getattr(reader, "timeout", DECODE_SECONDS)
+    started = time.monotonic()
+    got = reader.decode(data)
+    elapsed = time.monotonic() - started
+    if elapsed > limit:
+        raise ConformanceFailure(
+            f"reader took {elapsed:.1f} s on a {len(data)}-byte input, "
+            f"over the per-input limit of {limit:g} s",
+            data,
+        )
+    return got
+
+
+def check_hostile(reader: Reader) -> int:
+    """Every hostile input (:mod:`.hostile`) is rejected by the reference and by ``reader``, in time.
+
+    Returns how many were checked.
+    """
+    for name, build in HOSTILE_INPUTS.items():
+        data = build()
+        if _library_decode_checked(data) is not None:
+            raise AssertionError(f"the reference reader accepted the hostile input {name!r}")
+        if not isinstance(reader, LibraryReader) and _timed_decode(reader, data) is not None:
+            raise ConformanceFailure(f"reader accepted the hostile input {name!r}", data)
+    return len(HOSTILE_INPUTS)
+
+
+def binary32(value: Any) -> Any:
+    """The binary32 value nearest to a JSON number, as a float (ties to even); other values unchanged.
+
+    ``value`` is read exactly (a :class:`~decimal.Decimal` from ``parse_float``,
+    an int, or a float), so any decimal that rounds to a binary32 compares equal
+    to it (spec § 12): ``0.99`` and ``0.9900000095367432`` are the same value.
+    The sign of zero is kept.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return value
+    if (
+        isinstance(value, Decimal)
+        and not value.is_finite()
+        or isinstance(value, float)
+        and not math.isfinite(value)
+    ):
+        return float(value)
+    exact = Fraction(value)
+    negative = value.is_signed() if isinstance(value, Decimal) else math.copysign(1.0, value) < 0
+    if exact == 0:
+        return -0.0 if negative else 0.0
+    # Beyond the midpoint between the largest binary32 and 2**128, it rounds to infinity.
+    if abs(exact) >= 2**128 - 2**103:
+        return -math.inf if negative else math.inf
+    largest = np.finfo(np.float32).max
+    with np.errstate(over="ignore"):
+        guess = np.clip(np.float32(float(exact)), -largest, largest)  # float(Fraction): correctly rounded
+        candidates = [
+            guess,
+            np.nextafter(guess, -np.inf, dtype=np.float32),
+            np.nextafter(guess, np.inf, dtype=np.float32),
+        ]
+    best = min(
+        (c for c in candidates if np.isfinite(c)),
+        key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(np.uint32)) & 1),
+    )
+    return float(best)
+
+
+def _normalise(document: Any) -> str:
+    """Canonical JSON text of a decoded form: fingerprint values as binary32, other numbers as read."""
+    if isinstance(document, dict) and isinstance(document.get("fingerprint"), dict):
+        fingerprint = document["fingerprint"]
+        if isinstance(fingerprint.get("values"), list):
+            rows = fingerprint["values"]
+            values = [[binary32(v) for v in row] if isinstance(row, list) else row for row in rows]
+            document = {**document, "fingerprint": {**fingerprint, "values": values}}
+    return json.dumps(document, sort_keys=True, default=_plain_number)
+
+
+def _plain_number(value: Any) -> Any:
+    """JSON for a Decimal outside the fingerprint (a float where the spec has an int stays a float)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 @dataclass
@@ -166,6 +304,7 @@ class Summary:
     valid_containers: int = 0
     mutated_inputs: int = 0
     accepted_mutations: int = 0
+    hostile_inputs: int = 0
 
 
 def run(
@@ -177,13 +316,17 @@ def run(
 ) -> Summary:
     """Run every property against ``reader`` with hypothesis; raises on the first failure.
 
+    The hostile inputs (:mod:`.hostile`) come first, then ``examples`` valid
+    containers and ``mutations_per_example`` mutations of each.
+
     ``shrink`` (default: only for this library) lets hypothesis minimise a
     failing example; for an external reader each step costs a process start.
 
     >>> run(CommandReader("cones dump {}"), examples=20)
-    Summary(valid_containers=20, mutated_inputs=200, ...)
+    Summary(valid_containers=20, mutated_inputs=200, accepted_mutations=..., hostile_inputs=1)
     """
     summary = Summary()
+    summary.hostile_inputs = check_hostile(reader)
     if shrink is None:
         shrink = isinstance(reader, LibraryReader)
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
