@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from .container import FORMAT_VERSION, SPEC_REVISION
 from .contract import DECODE_SECONDS, REJECT_STATUS
 from .errors import FormatError
 from .files import load
@@ -57,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "if the file is not a valid container: this is the reference reader of the "
         "conformance kit.",
     )
-    dump.add_argument("file", type=Path)
+    dump.add_argument("file", type=Path, help="a .cones file")
     _add_max_indices(dump)
     dump.set_defaults(handler=_dump)
 
@@ -68,8 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that conesrt.apply(..., concepts=[...]) can apply any subset. The inputs must share the "
         "layer table and the base model (fingerprint).",
     )
-    merge.add_argument("containers", nargs="+", type=Path, metavar="CONTAINER")
-    merge.add_argument("--out", "-o", required=True, type=Path)
+    merge.add_argument(
+        "containers", nargs="+", type=Path, metavar="CONTAINER", help=".cones files to unite, in order"
+    )
+    merge.add_argument("--out", "-o", required=True, type=Path, help="the .cones file to write")
     merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     merge.set_defaults(handler=_merge)
 
@@ -149,8 +153,13 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
     width = max((len(row["key"]) for row in summary["layers"]), default=10)
     for concept in summary["concepts"]:
         lines.append("")
-        described = ", ".join(f"{k}={v!r}" for k, v in concept["metadata"].items() if len(v) <= 60)
+        metadata = concept["metadata"]
+        inline = {k: v for k, v in metadata.items() if len(v) <= _INLINE_VALUE and k not in _OWN_LINE}
+        described = ", ".join(f"{k}={v!r}" for k, v in inline.items())
         lines.append(f"concept {concept['name']!r}" + (f"  ({described})" if described else ""))
+        for key, value in metadata.items():
+            if key not in inline:
+                lines.extend(_metadata_lines(key, value))
         lines.append(
             f"  shut {concept['shut']:,} of {summary['numel']:,} entries "
             f"({100 * concept['sparsity']:.3f} %), floor {concept['floor_bytes']:,.0f} bytes"
@@ -170,6 +179,43 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
             f"{summary['floor_bytes']:,.0f} bytes; ratio {summary['ratio_to_floor']:.3f}"
         )
     return "\n".join(lines)
+
+
+#: Metadata values up to this many characters go on the concept's line; longer ones on their own.
+_INLINE_VALUE = 60
+#: Characters of a long metadata value that inspect shows (a value may hold 65,535 bytes).
+_SHOWN_VALUE = 300
+#: Well-known keys always shown on their own line (spec § 6.2): how the concept was made.
+_OWN_LINE = ("training", "subjects")
+
+
+def _metadata_lines(key: str, value: str, width: int = 100) -> list[str]:
+    """``key: value`` lines for one concept metadata entry; a JSON object as ``name=value`` pairs.
+
+    The trainer records its settings as a JSON object under ``training``
+    (spec § 6.2): ``{"lr": 2e-05, "steps": 1000}`` reads ``lr=2e-05, steps=1000``.
+    """
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed:
+        items = [f"{name}={json.dumps(item, ensure_ascii=False)}" for name, item in parsed.items()]
+    else:
+        shown = (
+            value if len(value) <= _SHOWN_VALUE else f"{value[:_SHOWN_VALUE]}... ({len(value):,} characters)"
+        )
+        items = [shown.replace("\n", " ")]
+    lines, current = [], f"  {key}:"
+    indent = " " * len(current)
+    for number, item in enumerate(items):
+        piece = item + ("," if number < len(items) - 1 else "")
+        if len(current) + 1 + len(piece) > width and current.strip() != f"{key}:":
+            lines.append(current)
+            current = indent
+        current += " " + piece
+    lines.append(current)
+    return lines
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -223,7 +269,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
     """The full ``cones`` parser, and the exception types that mean a user error."""
     parser = argparse.ArgumentParser(
         prog="cones",
-        description="Concept neurons for diffusion models: inspect, apply, bake and train .cones containers.",
+        description="Concept neurons for diffusion models: train, inspect, merge, verify and bake "
+        ".cones containers (to apply one to a model in Python: conesrt.apply).",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"cones {__version__} (.cones format {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}, "
+        f"spec {SPEC_REVISION})",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     user_errors: list[type[BaseException]] = [CommandError, FormatError, OSError]

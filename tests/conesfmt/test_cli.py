@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -131,3 +132,63 @@ def test_format_commands_import_no_torch(example: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_inspect_shows_the_training_settings(tmp_path: Path) -> None:
+    settings = {"lr": 2e-05, "sparsity": 0.01, "steps": 1000, "seed": 0, "layers": "cross", "tau": None}
+    concept = conesfmt.Concept(
+        {"w": [1, 2]},
+        {"method": "xi-descent", "training": json.dumps(settings, sort_keys=True), "note": "n" * 400},
+        trigger="sks",
+        class_word="cat",
+    )
+    path = conesfmt.save(conesfmt.Container({"w": (4, 4)}, {"cat": concept}), tmp_path / "cat.cones")
+    out = run("inspect", str(path)).stdout
+    assert "concept 'cat'  (class_word='cat', method='xi-descent', trigger='sks')" in out
+    assert '  training: layers="cross", lr=2e-05, seed=0, sparsity=0.01, steps=1000, tau=null\n' in out
+    assert f"  note: {'n' * 300}... (400 characters)\n" in out
+
+
+def test_truncated_end_marker_says_what_is_missing(example: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.cones"
+    cut.write_bytes(example.read_bytes()[:-3])
+    result = run("inspect", str(cut))
+    assert result.returncode == 1
+    assert "(CEND): file is truncated: 3 bytes missing (its 0-byte payload and 4-byte CRC need 4 bytes" in (
+        result.stderr
+    )
+    assert "declares 0 bytes" not in result.stderr
+
+
+def test_help_names_only_commands_that_exist() -> None:
+    from conesfmt.cli import build_parser
+
+    parser, _ = build_parser()
+    (commands,) = [action.choices for action in parser._actions if action.dest == "command"]
+    described = parser.description.split(":")[1].split("(")[0]  # "train, inspect, ... .cones containers"
+    named = set(re.findall(r"[a-z]+", described)) - {"and", "cones", "containers"}
+    assert named and named <= set(commands), named - set(commands)
+    assert "apply" not in commands and "conesrt.apply" in parser.description  # apply is Python's
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"cones {conesfmt.__version__} (.cones format 1.0, spec 1.0.1)\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("dump", ["file         a .cones file", "(spec § 8.2; default 134,217,728)"]),
+        ("inspect", ["file           a .cones file", "default 134,217,728"]),
+        ("merge", [".cones files to unite, in order", "the .cones file to write"]),
+        ("conformance", ["(default 100)", "(default 20)", "(default 5)", "(default: fixed)"]),
+    ],
+)
+def test_every_argument_has_help_and_shows_its_default(command: str, expected: list[str]) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for phrase in expected:
+        assert " ".join(phrase.split()) in text, phrase
