@@ -51,7 +51,7 @@ def bake(
     if not overwrite and (dst.exists() or dst.is_symlink()):
         raise FileExistsError(f"{dst} exists; pass overwrite=True to replace it")
     weights = SafetensorsFile(src)
-    plan = select_concepts(load_containers(containers), concepts)
+    plan = select_concepts(load_containers(containers, weights.shapes), concepts)
     for source, container, _ in plan:
         check_fits(source, container, weights.shapes, weights.read_values, strict)
     shut = _union_by_layer(plan)

@@ -67,11 +67,12 @@ class FingerprintWarning(UserWarning):
 
 
 def architecture_mismatches(
-    container: conesfmt.Container, shapes: Mapping[str, tuple[int, ...]]
+    container: conesfmt.Container | Mapping[str, conesfmt.Layer], shapes: Mapping[str, tuple[int, ...]]
 ) -> list[Mismatch]:
-    """Layers of the table that the model lacks or has with another shape."""
+    """Layers of the table (a container's, or a table) that the model lacks or has with another shape."""
+    layers = container.layers if isinstance(container, conesfmt.Container) else container
     mismatches = []
-    for key, layer in container.layers.items():
+    for key, layer in layers.items():
         if key not in shapes:
             mismatches.append(Mismatch(key, "missing from the model"))
         elif tuple(shapes[key]) != layer.shape:
@@ -79,6 +80,22 @@ def architecture_mismatches(
                 Mismatch(key, f"shape {tuple(shapes[key])} in the model, {layer.shape} in the container")
             )
     return mismatches
+
+
+def check_architecture(
+    source: str, layers: Mapping[str, conesfmt.Layer], shapes: Mapping[str, tuple[int, ...]]
+) -> None:
+    """Raise :class:`FingerprintMismatch` if the model lacks a layer of ``layers`` or has another shape.
+
+    Given to ``conesfmt.load(..., check_layers=)``, it runs on a file's layer
+    table before any index is decoded, so a container for another model is
+    refused without paying for its indices (spec § 8.2).
+    """
+    mismatches = architecture_mismatches(layers, shapes)
+    if mismatches:
+        raise FingerprintMismatch(
+            f"{source} does not fit this model: another architecture: {describe(mismatches)}", mismatches
+        )
 
 
 def weight_mismatches(container: conesfmt.Container, read_values: ValueReader) -> list[Mismatch]:

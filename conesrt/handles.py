@@ -115,9 +115,9 @@ def apply(
     """
     with LOCK:
         tensors = resolve(target)
-        loaded = load_containers(containers)
-        plan = select_concepts(loaded, concepts)
         shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+        loaded = load_containers(containers, shapes)  # layer tables checked before any index is decoded
+        plan = select_concepts(loaded, concepts)
         for source, container, _ in plan:
             check_fits(source, container, shapes, torch_value_reader(tensors), strict)
         work = [

@@ -6,31 +6,45 @@ Shared by :func:`conesrt.apply` and :func:`conesrt.bake`; numpy only.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import conesfmt
+
+from .fit import check_architecture
 
 ContainerLike = str | os.PathLike[str] | bytes | bytearray | memoryview | conesfmt.Container
 
 
 def load_containers(
     containers: ContainerLike | Sequence[ContainerLike],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> list[tuple[str, conesfmt.Container]]:
-    """``(source label, container)`` for each input; a bad file raises FormatError naming it."""
+    """``(source label, container)`` for each input; a bad file raises FormatError naming it.
+
+    With ``shapes`` (the model's), each file's layer table is checked against
+    them before any of its indices is decoded: another architecture raises
+    :class:`~conesrt.FingerprintMismatch` at once.
+    """
     if isinstance(containers, (str, os.PathLike, bytes, bytearray, memoryview, conesfmt.Container)):
         containers = [containers]
+
+    def checker(source: str) -> Callable[[Mapping[str, conesfmt.Layer]], None] | None:
+        return None if shapes is None else lambda layers: check_architecture(source, layers, shapes)
+
     loaded = []
     for number, item in enumerate(containers):
         if isinstance(item, conesfmt.Container):
             loaded.append((f"container #{number}", item))
         elif isinstance(item, (bytes, bytearray, memoryview)):
+            source = f"container #{number}"
             try:
-                loaded.append((f"container #{number}", conesfmt.Container.from_bytes(item)))
+                loaded.append((source, conesfmt.Container.from_bytes(item, check_layers=checker(source))))
             except conesfmt.FormatError as error:
                 raise conesfmt.FormatError(f"container #{number}: {error}") from None
         elif isinstance(item, (str, os.PathLike)):
-            loaded.append((Path(item).name, conesfmt.load(item)))
+            source = Path(item).name
+            loaded.append((source, conesfmt.load(item, check_layers=checker(source))))
         else:
             raise TypeError(
                 f"container #{number}: expected a path, bytes or conesfmt.Container, "
