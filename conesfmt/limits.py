@@ -45,5 +45,5 @@ MAX_ZSTD_WINDOW = 8 << 20
 #: declare many (RLE blocks: 164 KB for 2**30). 2**27 = 134,217,728 is 3.9 x
 #: SDXL's cross-attention K/V at 10 % (34,078,720) and 3.7 x Flux.1's text K/V
 #: at 10 % (35,872,973), 8 x below ``spec/vectors/invalid/index-bomb.cones``;
-#: decoding that many takes 1-3 s here.
+#: decoding that many takes about 2.5 s on one core of the development machine.
 DEFAULT_MAX_INDICES = 1 << 27

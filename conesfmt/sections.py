@@ -209,7 +209,7 @@ def _read_section(data: bytes | memoryview, position: int, number: int) -> tuple
     tag, length = _SECTION_HEADER.unpack_from(data, position)
     if not (tag.isascii() and tag.isalpha()):
         raise FormatError(f"{where}: invalid section tag {tag!r}")
-    # Size caps come from the header alone, before the payload is read (spec § 8).
+    # Size caps come from the header alone, before the payload is read (spec § 8.1).
     cap = MAX_LAYER_TABLE_BYTES if tag == TAG_LAYERS else MAX_SECTION_BYTES
     if length > cap:
         raise FormatError(f"{where} ({tag.decode()}): length {length} exceeds {cap}")
@@ -287,7 +287,7 @@ class _PendingConcept(NamedTuple):
         If the decoded indices fit the budget they are kept (one pass instead of
         two for ordinary files); otherwise they are decoded again on first use,
         so a small file that describes many indices cannot make this allocate
-        much (spec § 8).
+        much (spec § 8.1).
         """
         needed = 8 * self.total
         if needed <= budget[0]:
