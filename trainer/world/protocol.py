@@ -73,11 +73,11 @@ def _test_context(subject) -> tuple[str, str, str]:
 
 
 def _dev_context(subject) -> tuple[str, str, str]:
+    # Objects the base model draws beside a subject in about 0.6-0.9 of the dev images.
     if subject.class_word == "background":
-        return f"a blue square on a {subject.token} background", "blue", "square"
-    colour = "orange" if subject.identity["colour"] != "orange" else "red"
-    other = "square" if subject.class_word != "square" else "cross"
-    return f"a {subject.token} {subject.class_word} and an {colour} {other}", colour, other
+        return f"a green circle on a {subject.token} background", "green", "circle"
+    colour, other = ("green", "circle") if subject.class_word != "circle" else ("yellow", "diamond")
+    return f"a {subject.token} {subject.class_word} and a {colour} {other}", colour, other
 
 
 _PAPER_TABLES_PRIOR = (
