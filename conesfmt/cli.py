@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect",
         help="show what a container holds: layers, concepts, sparsity, size against the floor",
         description="Show a container's version, fingerprint, layer table, each concept's "
-        "metadata and entries shut per layer, sparsity, and bytes on disk against the "
-        "information-theoretic floor log2 C(N,k)/8.",
+        "metadata, entries shut per layer, sparsity, value kind (binary, q4, fp16, fp32) and the "
+        "bytes its indices and values cost, and bytes on disk against the information-theoretic "
+        "floor log2 C(N,k)/8.",
     )
     inspect.add_argument("file", type=Path, help="a .cones file")
     inspect.add_argument("--json", action="store_true", help="print a JSON summary instead")
@@ -66,9 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge = subparsers.add_parser(
         "merge",
         help="unite several containers into one, each concept kept separate (no training)",
-        description="Write one multi-concept container holding every concept of the inputs, so "
-        "that conesrt.apply(..., concepts=[...]) can apply any subset. The inputs must share the "
-        "layer table and the base model (fingerprint).",
+        description="Write one multi-concept container holding every concept of the inputs, "
+        "values included, so that conesrt.apply(..., concepts=[...]) can apply any subset. The "
+        "inputs must share the layer table and the base model (fingerprint).",
     )
     merge.add_argument(
         "containers", nargs="+", type=Path, metavar="CONTAINER", help=".cones files to unite, in order"
@@ -164,6 +165,7 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
             f"  shut {concept['shut']:,} of {summary['numel']:,} entries "
             f"({100 * concept['sparsity']:.3f} %), floor {concept['floor_bytes']:,.0f} bytes"
         )
+        lines.append(_values_line(concept))
         for row in summary["layers"]:
             count = concept["per_layer"][row["key"]]
             if count:
@@ -179,6 +181,17 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
             f"{summary['floor_bytes']:,.0f} bytes; ratio {summary['ratio_to_floor']:.3f}"
         )
     return "\n".join(lines)
+
+
+def _values_line(concept: dict[str, Any]) -> str:
+    """What a concept's values are and cost (spec § 6.4): kind, bytes, bits per entry."""
+    kind, index_bytes, values_bytes = concept["value_kind"], concept["index_bytes"], concept["values_bytes"]
+    indices = f"indices {index_bytes:,} bytes"
+    if kind == "binary":
+        return f"  values:  binary (entries shut, no values stored); {indices}"
+    what = {"q4": "q4 (4 levels per layer, 2-bit codes)", "fp16": "fp16", "fp32": "fp32"}[kind]
+    per_entry = f", {8 * values_bytes / concept['shut']:.2f} bits per entry" if concept["shut"] else ""
+    return f"  values:  {what}, {values_bytes:,} bytes{per_entry}; {indices}"
 
 
 #: Metadata values up to this many characters go on the concept's line; longer ones on their own.
@@ -227,9 +240,14 @@ def _merge(args: argparse.Namespace) -> int:
     merged = merge([load(path) for path in args.containers], names=[path.name for path in args.containers])
     save(merged, args.out)
     summary = summarize(merged, file_bytes=args.out.stat().st_size)
-    concepts = ", ".join(f"{c['name']!r} ({c['shut']:,} entries)" for c in summary["concepts"])
+    concepts = ", ".join(_merged_concept(c) for c in summary["concepts"])
     print(f"wrote {args.out} ({summary['bytes']:,} bytes): {concepts}")
     return 0
+
+
+def _merged_concept(concept: dict[str, Any]) -> str:
+    kind = "" if concept["value_kind"] == "binary" else f", {concept['value_kind']} values"
+    return f"{concept['name']!r} ({concept['shut']:,} entries{kind})"
 
 
 def _dump(args: argparse.Namespace) -> int:

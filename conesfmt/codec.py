@@ -70,10 +70,18 @@ def encode_planes(entries: Sequence[tuple[int, np.ndarray]]) -> list[bytes]:
         delta_bytes = deltas.view(np.uint8).reshape(-1, 8)
         for plane in range(width):
             planes[plane].append(np.ascontiguousarray(delta_bytes[:, plane]).tobytes())
+    return compress_planes([b"".join(parts) for parts in planes])
+
+
+def compress_planes(planes: Sequence[bytes]) -> list[bytes]:
+    """One canonical zstd frame per plane (spec § 10): level 19, content size, no checksum, no dict ID.
+
+    Index planes (§ 6.3) and value planes (§ 6.4) are compressed alike.
+    """
     compressor = zstandard.ZstdCompressor(
         level=ZSTD_LEVEL, write_content_size=True, write_checksum=False, write_dict_id=False
     )
-    return [compressor.compress(b"".join(parts)) for parts in planes]
+    return [compressor.compress(plane) for plane in planes]
 
 
 def _frame_blocks(
@@ -146,7 +154,7 @@ def check_frame(frame: memoryview, expected_size: int, where: str) -> tuple[int,
     return block_maximum, ends
 
 
-class _PlaneReader:
+class PlaneReader:
     """Reads one plane's frame a zstd block at a time, checking it against its declared size.
 
     Feeding the decoder one whole block at a time is what lets the reader see
@@ -222,7 +230,7 @@ def iter_index_blocks(
     if len(frames) != len(sizes):
         raise FormatError(f"{concept}: {len(frames)} frames, expected {len(sizes)}")
     readers = [
-        _PlaneReader(memoryview(frame), size, f"{concept}, plane {plane}")
+        PlaneReader(memoryview(frame), size, f"{concept}, plane {plane}")
         for plane, (frame, size) in enumerate(zip(frames, sizes, strict=True))
     ]
     for number, (numel, count) in enumerate(entries):

@@ -8,6 +8,11 @@ Building a :class:`Container` validates everything the format requires
 ...               concepts={"cat": {"mid.attn2.to_k.weight": [5, 17, 99]}})
 >>> c.indices("cat", "mid.attn2.to_k.weight").tolist()
 [5, 17, 99]
+>>> key = "mid.attn2.to_k.weight"
+>>> v = Container({key: (1280, 768)},
+...               {"cat": Concept({key: [99, 5]}, values={key: np.array([0.5, 0.25], np.float16)})})
+>>> v.values("cat", key).tolist(), v.concepts["cat"].value_kind, v.version
+([0.25, 0.5], 'fp16', (1, 1))
 """
 
 from __future__ import annotations
@@ -34,11 +39,24 @@ from .limits import (
     MAX_NAME_BYTES,
     MAX_NDIM,
 )
+from .values import (
+    StoredValues,
+    check_stored,
+    expand,
+    reorder,
+    stored_equal,
+    stored_nbytes,
+    stored_values,
+)
 
-#: The version this library writes (spec § 2.4).
-FORMAT_VERSION = (1, 0)
+#: The newest version this library reads and writes (spec § 2.4). It writes minor 1
+#: only for a container with values (spec § 6.4); without, the file is a 1.0 file,
+#: byte for byte what version 1.0 wrote (spec § 10).
+FORMAT_VERSION = (1, 1)
+#: The minor version that introduced values (spec § 6.4).
+VALUES_MINOR = 1
 #: The revision of spec/cones-format-v1.md this library implements (its change log).
-SPEC_REVISION = "1.0.1"
+SPEC_REVISION = "1.1.0"
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
@@ -59,15 +77,26 @@ class Layer(NamedTuple):
 
 
 class Concept:
-    """One concept: the entries it shuts per layer, and its metadata.
+    """One concept: the entries it shuts per layer, their values if any, and its metadata.
 
     ``indices`` maps a layer key to flat row-major indices (any integer
     array-like, in any order) or to a boolean mask of the layer's shape.
+    ``values`` (format 1.1, spec § 6.4), if given, maps each of those layers
+    to one multiplier ξ of the base weight per index, in the order of the
+    indices as given (for a mask: its true entries in row-major order): a
+    :class:`~conesfmt.values.Q4` (codebook and 2-bit codes), a float16 array
+    (kind ``fp16``) or a float32 array (kind ``fp32``). ``value_kind``
+    (``binary``, ``q4``, ``fp16``, ``fp32``) converts other numbers: ``fp16`` and
+    ``fp32`` round them, ``q4`` quantises them (:func:`conesfmt.quantize_q4`).
+    Without values the concept is ``binary``: ξ = 0, the entries are shut.
     ``trigger`` and ``class_word`` are stored as the well-known metadata keys
-    of the same names (spec § 6.2).
+    of the same names (spec § 6.2). Raises :class:`FormatError` on values of
+    mixed kinds or of a kind that cannot be inferred.
 
     >>> Concept({"mid.attn2.to_v.weight": [3, 1]}, trigger="sks", class_word="cat").trigger
     'sks'
+    >>> Concept({"w": [3, 1]}, values={"w": [0.5, 0.2]}, value_kind="fp16").value_kind
+    'fp16'
     """
 
     def __init__(
@@ -75,6 +104,8 @@ class Concept:
         indices: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
         *,
+        values: Mapping[str, Any] | None = None,
+        value_kind: str | None = None,
         trigger: str | None = None,
         class_word: str | None = None,
     ):
@@ -87,6 +118,11 @@ class Concept:
         self._indices: Mapping[str, Any] | None = dict(indices or {})
         self._loader: Callable[[], dict[str, np.ndarray]] | None = None
         self._counts: dict[str, int] | None = None
+        self._value_kind, stored = stored_values(values, value_kind)
+        self._values: Mapping[str, StoredValues] | None = MappingProxyType(stored)
+        self._values_loader: Callable[[], dict[str, StoredValues]] | None = None
+        # Bytes of this concept's sections in the file it was read from (CNPT, vals), if read.
+        self._encoded_bytes: tuple[int, int] | None = None
 
     @classmethod
     def _lazy(
@@ -94,12 +130,34 @@ class Concept:
         metadata: dict[str, str],
         counts: dict[str, int],
         loader: Callable[[], dict[str, np.ndarray]],
+        value_kind: str = "binary",
+        values_loader: Callable[[], dict[str, StoredValues]] | None = None,
+        encoded_bytes: tuple[int, int] | None = None,
     ) -> Concept:
-        """A validated concept read from bytes; its indices are decoded on first use."""
+        """A validated concept read from bytes; its indices and values are decoded on first use."""
         concept = cls(metadata=metadata)
         concept._indices = None
         concept._loader = loader
         concept._counts = counts
+        concept._value_kind = value_kind
+        if values_loader is not None:
+            concept._values = None
+            concept._values_loader = values_loader
+        concept._encoded_bytes = encoded_bytes
+        return concept
+
+    @classmethod
+    def _trusted(
+        cls,
+        indices: dict[str, np.ndarray],
+        metadata: dict[str, str],
+        value_kind: str,
+        values: dict[str, StoredValues],
+    ) -> Concept:
+        """A concept from validated parts (sorted read-only indices, aligned stored values)."""
+        concept = cls(indices, metadata)
+        concept._value_kind = value_kind
+        concept._values = MappingProxyType(values)
         return concept
 
     @property
@@ -124,6 +182,27 @@ class Concept:
         return self._indices
 
     @property
+    def value_kind(self) -> str:
+        """``binary`` (no values: the entries are shut), ``q4``, ``fp16`` or ``fp32`` (spec § 6.4)."""
+        return self._value_kind
+
+    @property
+    def values(self) -> Mapping[str, StoredValues]:
+        """Stored values per layer, aligned with :attr:`indices`: a :class:`~conesfmt.values.Q4`,
+        or a read-only float16 / float32 array; empty for a binary concept.
+        :meth:`Container.values` gives them as float32."""
+        if self._values is None:
+            assert self._values_loader is not None
+            self._values = MappingProxyType(self._values_loader())
+            self._values_loader = None
+        return self._values
+
+    @property
+    def values_nbytes(self) -> int:
+        """Bytes the stored values take in memory (q4: 2 bits per index and 16 bytes per layer)."""
+        return sum(stored_nbytes(self._value_kind, stored) for stored in self.values.values())
+
+    @property
     def counts(self) -> Mapping[str, int]:
         """Entries shut per layer that has any, without decoding a lazily read concept."""
         if self._counts is None:
@@ -138,13 +217,23 @@ class Concept:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Concept):
             return NotImplemented
-        if dict(self.metadata) != dict(other.metadata) or dict(self.counts) != dict(other.counts):
+        if (
+            dict(self.metadata) != dict(other.metadata)
+            or dict(self.counts) != dict(other.counts)
+            or self.value_kind != other.value_kind
+        ):
             return False
-        return all(np.array_equal(self.indices[k], other.indices[k]) for k in self.counts)
+        if not all(np.array_equal(self.indices[k], other.indices[k]) for k in self.counts):
+            return False
+        mine, theirs = self.values, other.values
+        return mine.keys() == theirs.keys() and all(
+            stored_equal(self.value_kind, mine[k], theirs[k]) for k in mine
+        )
 
     def __repr__(self) -> str:
         shape = f"{self.total} entries in {len(self.counts)} layers"
-        return f"Concept({shape}, metadata={dict(self.metadata)})"
+        kind = "" if self.value_kind == "binary" else f", values={self.value_kind}"
+        return f"Concept({shape}{kind}, metadata={dict(self.metadata)})"
 
 
 class Container:
@@ -180,7 +269,8 @@ class Container:
             _validate_text(name, "concept name", min_bytes=1, max_bytes=MAX_NAME_BYTES)
             validated[name] = self._validate_concept(name, concept)
         self._concepts = MappingProxyType(validated)
-        self.version = FORMAT_VERSION
+        #: The version of this container's canonical encoding: 1.1 with values, else 1.0 (spec § 10).
+        self.version = (FORMAT_VERSION[0], minimal_minor(validated.values()))
 
     @classmethod
     def _trusted(
@@ -227,6 +317,24 @@ class Container:
         if layer not in self._layers:
             raise KeyError(f"no layer {layer!r} in this container's layer table")
         return self._concepts[concept].indices.get(layer, _EMPTY)
+
+    def values(self, concept: str, layer: str) -> np.ndarray:
+        """float32 ξ per index of ``indices(concept, layer)``: zeros for a binary concept (spec § 6.4).
+
+        A value is the multiplier of the base weight at that index (binary:
+        0, the entry is shut). Raises ``KeyError`` like :meth:`indices`.
+
+        >>> c.values("cat", key)
+        array([0.25, 0.5 ], dtype=float32)
+        """
+        indices = self.indices(concept, layer)
+        record = self._concepts[concept]
+        if record.value_kind == "binary" or indices.size == 0:
+            values = np.zeros(indices.size, dtype=np.float32)
+        else:
+            values = expand(record.value_kind, record.values[layer])
+        values.flags.writeable = False
+        return values
 
     @property
     def numel(self) -> int:
@@ -287,24 +395,41 @@ class Container:
         if isinstance(concept, Concept):
             # A concept read from another file is checked again against this table.
             metadata, raw = dict(concept.metadata), concept.indices
+            kind, raw_values = concept.value_kind, concept.values
         elif isinstance(concept, Mapping):
-            metadata, raw = {}, concept
+            metadata, raw, kind, raw_values = {}, concept, "binary", {}
         else:
             raise FormatError(
                 f"concept {name!r}: expected a mapping of layer -> indices or a Concept, "
                 f"got {type(concept).__name__}"
             )
         validate_map(metadata, f"concept {name!r} metadata")
-        indices = {}
+        unmatched = [key for key in raw_values if key not in raw]
+        if unmatched:
+            raise FormatError(f"concept {name!r}: values for layer {unmatched[0]!r}, which has no indices")
+        indices, values = {}, {}
         for layer_key in sorted(raw, key=_sort_key):
+            where = f"concept {name!r}, layer {layer_key!r}"
             if layer_key not in self._layers:
                 raise FormatError(f"concept {name!r}: layer {layer_key!r} is not in the layer table")
-            values = _validate_indices(
-                raw[layer_key], self._layers[layer_key], f"concept {name!r}, layer {layer_key!r}"
-            )
-            if values.size:
-                indices[layer_key] = values
-        return Concept(indices, metadata)
+            sorted_indices, order = _validate_indices(raw[layer_key], self._layers[layer_key], where)
+            if kind != "binary":
+                if layer_key not in raw_values:
+                    raise FormatError(
+                        f"{where}: a concept of kind {kind} needs values for every layer it touches"
+                    )
+                stored = raw_values[layer_key]
+                check_stored(kind, stored, sorted_indices.size, where)
+                if sorted_indices.size:
+                    values[layer_key] = stored if order is None else reorder(kind, stored, order)
+            if sorted_indices.size:
+                indices[layer_key] = sorted_indices
+        return Concept._trusted(indices, metadata, kind, values)
+
+
+def minimal_minor(concepts: Iterable[Concept]) -> int:
+    """The minor version a canonical writer gives these concepts: 1 if any has values (spec § 10)."""
+    return VALUES_MINOR if any(c.value_kind != "binary" for c in concepts) else 0
 
 
 def _sort_key(key: str) -> bytes:
@@ -385,14 +510,15 @@ def _validate_fingerprint(fingerprint: Fingerprint, layers: Mapping[str, Layer])
         raise FormatError("fingerprint has no samples")
 
 
-def _validate_indices(values: Any, layer: Layer, where: str) -> np.ndarray:
+def _validate_indices(values: Any, layer: Layer, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sorted read-only int64 indices, and the permutation that sorted them (None if none was needed)."""
     array = np.asarray(values)
     if array.dtype == np.bool_:
         if array.shape != layer.shape:
             raise FormatError(f"{where}: boolean mask of shape {array.shape}, layer is {layer.shape}")
-        return _readonly(np.flatnonzero(array.reshape(-1)).astype(np.int64))
+        return _readonly(np.flatnonzero(array.reshape(-1)).astype(np.int64)), None
     if array.size == 0:
-        return _EMPTY
+        return _EMPTY, None
     if array.dtype.kind not in "iu":
         raise FormatError(f"{where}: indices must be integers, got dtype {array.dtype}")
     # Range first, in the input's own dtype: a uint64 above 2**63 must not wrap.
@@ -401,11 +527,15 @@ def _validate_indices(values: Any, layer: Layer, where: str) -> np.ndarray:
         raise FormatError(f"{where}: negative index {smallest}")
     if largest >= layer.numel:
         raise FormatError(f"{where}: index {largest} >= numel {layer.numel}")
-    array = np.sort(array.reshape(-1).astype(np.int64))
+    array = array.reshape(-1).astype(np.int64)
+    order = None
+    if array.size > 1 and not bool((array[1:] > array[:-1]).all()):
+        order = np.argsort(array, kind="stable")
+        array = array[order]
     duplicates = np.flatnonzero(np.diff(array) == 0)
     if duplicates.size:
         raise FormatError(f"{where}: index {int(array[duplicates[0]])} appears twice")
-    return _readonly(array)
+    return _readonly(array), order
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

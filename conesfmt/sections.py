@@ -5,8 +5,10 @@
     preamble   magic "\\x89CONES\\r\\n\\x1a\\n" (10 bytes), major u8, minor u8
     section    tag (4 ASCII letters), length u32, payload, crc32 u32
                (the CRC covers tag, length and payload)
-    order      LAYR, FPRT?, META?, CNPT*, CEND; unknown optional sections
+    order      LAYR, FPRT?, META?, (CNPT vals?)*, CEND; unknown optional sections
                (lower-case first letter) anywhere before CEND; nothing after CEND
+    vals       (format 1.1, spec § 6.4) the values of the concept just before it;
+               in a file of minor 0 an unknown optional section like any other
 
 :func:`encode` writes the canonical form; :func:`decode` accepts any valid
 file and raises :class:`FormatError` naming the section and field at fault.
@@ -22,8 +24,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .codec import CODEC_BYTE_PLANES, check_frame, encode_planes, iter_index_blocks, layer_width, plane_sizes
-from .container import FORMAT_VERSION, Concept, Container, Layer, check_layer
+from .codec import (
+    BLOCK_ENTRIES,
+    CODEC_BYTE_PLANES,
+    PlaneReader,
+    check_frame,
+    compress_planes,
+    encode_planes,
+    iter_index_blocks,
+    layer_width,
+    plane_sizes,
+)
+from .container import FORMAT_VERSION, VALUES_MINOR, Concept, Container, Layer, check_layer, minimal_minor
 from .errors import FormatError
 from .fingerprint import Fingerprint
 from .limits import (
@@ -37,6 +49,9 @@ from .limits import (
     MAX_SAMPLES_PER_LAYER,
     MAX_SECTION_BYTES,
 )
+from .values import KIND_CODES, KIND_NAMES, Q4, Q4_LEVELS, VALUE_PLANES, StoredValues, iter_value_blocks
+from .values import encode_planes as encode_value_planes
+from .values import plane_sizes as value_plane_sizes
 from .wire import FieldReader, FieldWriter
 
 MAGIC = b"\x89CONES\r\n\x1a\n"
@@ -46,6 +61,8 @@ TAG_FINGERPRINT = b"FPRT"
 TAG_METADATA = b"META"
 TAG_CONCEPT = b"CNPT"
 TAG_END = b"CEND"
+#: Values of the concept before it (spec § 6.4): optional, known from minor 1 on.
+TAG_VALUES = b"vals"
 #: Known sections in the order they must appear (spec § 2.3); CNPT may repeat.
 _ORDER = {TAG_LAYERS: 0, TAG_FINGERPRINT: 1, TAG_METADATA: 2, TAG_CONCEPT: 3, TAG_END: 4}
 _SECTION_HEADER = struct.Struct("<4sI")
@@ -58,10 +75,14 @@ def section(tag: bytes, payload: bytes | bytearray) -> bytes:
     return header + bytes(payload) + _CRC.pack(zlib.crc32(payload, zlib.crc32(header)))
 
 
-def encode(container: Container) -> bytes:
-    """The canonical bytes of a container (spec § 10)."""
+def encode(container: Container, sizes: dict[str, tuple[int, int]] | None = None) -> bytes:
+    """The canonical bytes of a container (spec § 10).
+
+    ``sizes``, if given, receives per concept the bytes of its CNPT and of its
+    ``vals`` section (0 for a binary concept), framing included.
+    """
     layer_keys = list(container.layers)
-    parts = [MAGIC, bytes(FORMAT_VERSION)]
+    parts = [MAGIC, bytes([FORMAT_VERSION[0], minimal_minor(container.concepts.values())])]
 
     table = FieldWriter()
     table.u32(len(layer_keys))
@@ -102,9 +123,32 @@ def encode(container: Container) -> bytes:
         for frame in frames:
             record.raw(frame)
         parts.append(section(TAG_CONCEPT, record.buffer))
+        values = b""
+        if concept.value_kind != "binary":
+            values = section(TAG_VALUES, _values_payload(name, concept, used))
+            parts.append(values)
+        if sizes is not None:
+            sizes[name] = (len(parts[-1 - bool(values)]), len(values))
 
     parts.append(section(TAG_END, b""))
     return b"".join(parts)
+
+
+def _values_payload(name: str, concept: Concept, used: list[str]) -> bytearray:
+    """A ``vals`` payload (spec § 6.4): name, kind, q4 codebooks, value frames."""
+    record = FieldWriter()
+    record.str16(name)
+    record.u8(KIND_CODES[concept.value_kind])
+    stored = [concept.values[key] for key in used]
+    if concept.value_kind == "q4":
+        for layer_values in stored:
+            record.raw(layer_values.codebook.astype("<f4").tobytes())
+    frames = compress_planes(encode_value_planes(concept.value_kind, stored))
+    for frame in frames:
+        record.u32(len(frame))
+    for frame in frames:
+        record.raw(frame)
+    return record.buffer
 
 
 def decode(
@@ -112,19 +156,26 @@ def decode(
     *,
     max_indices: int = DEFAULT_MAX_INDICES,
     check_layers: Callable[[Mapping[str, Layer]], None] | None = None,
+    reader_minor: int = FORMAT_VERSION[1],
 ) -> Container:
     """Parse and validate every rule of the spec; see :meth:`Container.from_bytes`.
 
     Two passes: the structure of every section first (framing, CRCs, fields,
-    counts against ``max_indices``, frame headers), then the index data, the
-    one part whose cost grows with what the file declares (spec § 8.2).
+    counts against ``max_indices``, frame headers), then the index and value
+    data, the part whose cost grows with what the file declares (spec § 8.2).
+    ``reader_minor`` 0 reads as a 1.0 reader does (``vals`` is an unknown
+    optional section; the conformance kit checks 1.0 readers with it).
     """
     if not isinstance(max_indices, int) or max_indices < 0:
         raise ValueError(f"max_indices must be an int >= 0, got {max_indices!r}")
     data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     minor = _read_preamble(data)
     # A file of a newer minor may append fields to known sections (spec § 2.4).
-    extension = minor > FORMAT_VERSION[1]
+    extension = minor > reader_minor
+    # vals means values only in files of minor >= 1: 1.0 left the tag free (spec § 6.4).
+    values_known = minor >= VALUES_MINOR and reader_minor >= VALUES_MINOR
+    valued: set[str] = set()
+    last_concept: str | None = None
     layers: dict[str, Layer] | None = None
     fingerprint: Fingerprint | None = None
     metadata: dict[str, str] = {}
@@ -136,7 +187,19 @@ def decode(
     while True:
         tag, payload, next_position = _read_section(data, position, number)
         label = f"section #{number} ({tag.decode('ascii')} at byte {position})"
-        if tag not in _ORDER:
+        if tag == TAG_VALUES and values_known:
+            if last_concept is None:
+                raise FormatError(f"{label}: values before any concept (they belong to the CNPT before them)")
+            if last_concept in valued:
+                raise FormatError(f"{label}: a second values section for concept {last_concept!r}")
+            valued.add(last_concept)
+            reader = FieldReader(payload, label)
+            values = _read_values(reader, pending[last_concept], extension)
+            if values is not None:
+                reader.expect_end(allow_extension=extension)
+                pending[last_concept] = pending[last_concept]._replace(values=values)
+            # else: a kind of a newer minor, skipped: the concept stays binary (spec § 6.4)
+        elif tag not in _ORDER:
             if tag[:1].isupper():
                 raise FormatError(f"{label}: unknown required section")
             # An unknown optional section is skipped, even before LAYR (spec § 2.3).
@@ -159,10 +222,11 @@ def decode(
             elif tag == TAG_CONCEPT:
                 if len(pending) == MAX_CONCEPTS:
                     raise FormatError(f"{label}: more than {MAX_CONCEPTS} concepts")
-                concept = _read_concept(reader, layers, indices_left, max_indices)
+                concept = _read_concept(reader, layers, indices_left, max_indices, next_position - position)
                 if concept.name in pending:
                     raise FormatError(f"{label}: duplicate concept name {concept.name!r}")
                 pending[concept.name] = concept
+                last_concept = concept.name
                 indices_left -= concept.total
             reader.expect_end(allow_extension=extension)
             if tag == TAG_LAYERS and check_layers is not None:
@@ -173,7 +237,7 @@ def decode(
                 break
         position, number = next_position, number + 1
     assert layers is not None
-    # Decoded indices kept while validating: at most 8 bytes per file byte, plus 4 MiB.
+    # Decoded indices and values kept while validating: at most 8 bytes per file byte, plus 4 MiB.
     budget = [8 * len(data) + (4 << 20)]
     concepts = {name: concept.validate(budget) for name, concept in pending.items()}
     return Container._trusted(layers, concepts, fingerprint, metadata, (FORMAT_VERSION[0], minor))
@@ -267,6 +331,55 @@ def _read_fingerprint(reader: FieldReader, layers: dict[str, Layer]) -> Fingerpr
     return Fingerprint({key: values[n].astype(np.float32) for n, key in enumerate(layers)})
 
 
+class _PendingValues(NamedTuple):
+    """A ``vals`` section whose fields and frame headers are checked (spec § 6.4)."""
+
+    kind: str
+    codebooks: np.ndarray | None  # (entries, 4) float32 for q4
+    frames: list[bytes]
+    where: str
+    section_bytes: int
+
+    def nbytes(self, counts: list[int]) -> int:
+        """Memory the decoded values take."""
+        if self.kind == "q4":
+            return sum(-(-count // 4) + 4 * Q4_LEVELS for count in counts)
+        return VALUE_PLANES[self.kind] * sum(counts)
+
+    def decode(self, entries: list[tuple[str, int]], keep: bool) -> dict[str, StoredValues]:
+        """Decode and check every value; return them per layer if ``keep``."""
+        counts = [count for _, count in entries]
+        sizes = value_plane_sizes(self.kind, counts)
+        readers = [
+            PlaneReader(memoryview(frame), size, f"{self.where}, value plane {plane}")
+            for plane, (frame, size) in enumerate(zip(self.frames, sizes, strict=True))
+        ]
+        labels = [f"{self.where}, layer {key!r}" for key, _ in entries]
+        if self.kind == "q4":
+            arrays = [np.empty(-(-count // 4), np.uint8) for count in counts] if keep else []
+        else:
+            dtype = np.float16 if self.kind == "fp16" else np.float32
+            arrays = [np.empty(count, dtype) for count in counts] if keep else []
+        filled = [0] * len(entries)
+        for number, block in iter_value_blocks(self.kind, readers, counts, labels, BLOCK_ENTRIES):
+            if keep:
+                arrays[number][filled[number] : filled[number] + block.size] = block
+            filled[number] += block.size
+        for reader in readers:
+            reader.finish()
+        if not keep:
+            return {}
+        stored: dict[str, StoredValues] = {}
+        for number, ((key, count), array) in enumerate(zip(entries, arrays, strict=True)):
+            array.flags.writeable = False
+            if self.kind == "q4":
+                assert self.codebooks is not None
+                stored[key] = Q4._from_packed(self.codebooks[number], array, count)
+            else:
+                stored[key] = array
+        return stored
+
+
 class _PendingConcept(NamedTuple):
     """A concept whose fields and frame headers are checked, and whose indices are not yet read."""
 
@@ -276,26 +389,42 @@ class _PendingConcept(NamedTuple):
     numels: list[int]
     frames: list[bytes]
     where: str
+    section_bytes: int
+    values: _PendingValues | None = None
 
     @property
     def total(self) -> int:
         return sum(count for _, count in self.entries)
 
     def validate(self, budget: list[int]) -> Concept:
-        """Decode and check every index (spec § 6.3); ``budget`` is bytes of indices that may be kept.
+        """Decode and check every index (spec § 6.3) and value (§ 6.4); ``budget`` is bytes that may be kept.
 
-        If the decoded indices fit the budget they are kept (one pass instead of
-        two for ordinary files); otherwise they are decoded again on first use,
-        so a small file that describes many indices cannot make this allocate
-        much (spec § 8.1).
+        If the decoded indices (and values) fit the budget they are kept (one
+        pass instead of two for ordinary files); otherwise they are decoded
+        again on first use, so a small file that describes many indices cannot
+        make this allocate much (spec § 8.1).
         """
+        sizes = (self.section_bytes, self.values.section_bytes if self.values else 0)
         needed = 8 * self.total
         if needed <= budget[0]:
             budget[0] -= needed
             arrays = self._decode(keep=True)
-            return Concept._lazy(self.metadata, dict(self.entries), lambda: arrays)
-        self._decode(keep=False)
-        return Concept._lazy(self.metadata, dict(self.entries), lambda: self._decode(keep=True))
+            loader = lambda: arrays  # noqa: E731
+        else:
+            self._decode(keep=False)
+            loader = lambda: self._decode(keep=True)  # noqa: E731
+        if self.values is None:
+            return Concept._lazy(self.metadata, dict(self.entries), loader, encoded_bytes=sizes)
+        values, entries = self.values, self.entries
+        needed = values.nbytes([count for _, count in entries])
+        if needed <= budget[0]:
+            budget[0] -= needed
+            stored = values.decode(entries, keep=True)
+            values_loader = lambda: stored  # noqa: E731
+        else:
+            values.decode(entries, keep=False)
+            values_loader = lambda: values.decode(entries, keep=True)  # noqa: E731
+        return Concept._lazy(self.metadata, dict(entries), loader, values.kind, values_loader, sizes)
 
     def _decode(self, keep: bool) -> dict[str, np.ndarray]:
         arrays = {key: np.empty(count, dtype=np.int64) for key, count in self.entries} if keep else {}
@@ -312,7 +441,7 @@ class _PendingConcept(NamedTuple):
 
 
 def _read_concept(
-    reader: FieldReader, layers: dict[str, Layer], indices_left: int, max_indices: int
+    reader: FieldReader, layers: dict[str, Layer], indices_left: int, max_indices: int, section_bytes: int
 ) -> _PendingConcept:
     """One CNPT payload, up to its frame headers.
 
@@ -361,4 +490,38 @@ def _read_concept(
     sizes = plane_sizes([(numel, count) for numel, (_, count) in zip(numels, entries, strict=True)])
     for plane, (frame, size) in enumerate(zip(frames, sizes, strict=True)):
         check_frame(memoryview(frame), size, f"{reader.where}, plane {plane}")
-    return _PendingConcept(name, metadata, entries, numels, frames, reader.where)
+    return _PendingConcept(name, metadata, entries, numels, frames, reader.where, section_bytes)
+
+
+def _read_values(reader: FieldReader, concept: _PendingConcept, newer_minor: bool) -> _PendingValues | None:
+    """One ``vals`` payload, up to its frame headers (spec § 6.4); None for a kind of a newer minor."""
+    section_bytes = len(reader.data) + 12
+    name = reader.str16("concept name", min_bytes=1, max_bytes=MAX_NAME_BYTES)
+    if name != concept.name:
+        raise reader.fail(
+            f"names concept {name!r}, but follows the CNPT of concept {concept.name!r} "
+            "(values belong to the CNPT before them)"
+        )
+    reader.where = f"{reader.where}, values of concept {name!r}"
+    code = reader.u8("value kind")
+    if code not in KIND_NAMES:
+        if newer_minor:
+            return None
+        known = ", ".join(f"{c} {k}" for c, k in KIND_NAMES.items())
+        raise reader.fail(f"unknown value kind {code} (version 1.1 knows {known})")
+    kind = KIND_NAMES[code]
+    entries = concept.entries
+    codebooks = None
+    if kind == "q4":
+        raw = reader.take(4 * Q4_LEVELS * len(entries), "q4 codebooks")
+        codebooks = np.frombuffer(raw, dtype="<f4").reshape(len(entries), Q4_LEVELS).astype(np.float32)
+        for number, (key, _) in enumerate(entries):
+            if not np.isfinite(codebooks[number]).all():
+                raise reader.fail(f"layer {key!r}: q4 codebook {codebooks[number].tolist()} is not finite")
+    planes = VALUE_PLANES[kind] if entries else 0
+    lengths = [reader.u32(f"value plane {plane} frame length") for plane in range(planes)]
+    frames = [bytes(reader.take(n, f"value plane {plane} frame")) for plane, n in enumerate(lengths)]
+    sizes = value_plane_sizes(kind, [count for _, count in entries])
+    for plane, (frame, size) in enumerate(zip(frames, sizes, strict=True)):
+        check_frame(memoryview(frame), size, f"{reader.where}, value plane {plane}")
+    return _PendingValues(kind, codebooks, frames, reader.where, section_bytes)

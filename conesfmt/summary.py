@@ -25,16 +25,24 @@ def floor_bytes(numel: int, shut: int) -> float:
 
 
 def summarize(container: Container, file_bytes: int | None = None) -> dict[str, Any]:
-    """A JSON-ready summary: layers, fingerprint, and per concept the counts and the floor.
+    """A JSON-ready summary: layers, fingerprint, and per concept the counts, the floor and the bytes.
 
     ``file_bytes`` is the size on disk (default: the canonical encoding's).
+    Per concept, ``index_bytes`` and ``values_bytes`` are the bytes of its
+    CNPT and ``vals`` sections (spec § 6), framing included: as read from the
+    file for a loaded container, else of the canonical encoding.
     """
+    from .sections import encode
+
     numel = container.numel
-    if file_bytes is None:
-        file_bytes = len(container.to_bytes())
+    sizes: dict[str, tuple[int, int]] = {}
+    if file_bytes is None or any(c._encoded_bytes is None for c in container.concepts.values()):
+        encoded = len(encode(container, sizes))
+        file_bytes = encoded if file_bytes is None else file_bytes
     concepts = []
     for name, concept in container.concepts.items():
         shut = concept.total
+        index_bytes, values_bytes = concept._encoded_bytes or sizes[name]
         concepts.append(
             {
                 "name": name,
@@ -43,6 +51,9 @@ def summarize(container: Container, file_bytes: int | None = None) -> dict[str, 
                 "sparsity": shut / numel if numel else 0.0,
                 "floor_bytes": floor_bytes(numel, shut),
                 "per_layer": {key: concept.counts.get(key, 0) for key in container.layers},
+                "value_kind": concept.value_kind,
+                "index_bytes": index_bytes,
+                "values_bytes": values_bytes,
             }
         )
     floor = sum(c["floor_bytes"] for c in concepts)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent reader of the .cones format, version 1.0: the spec's proof of sufficiency.
+"""An independent reader of the .cones format, version 1.1: the spec's proof of sufficiency.
 
 Written from spec/cones-format-v1.md and spec/vectors/ alone, by an engineer
 who did not read conesfmt/ — to show that the spec is enough to implement the
@@ -11,6 +11,10 @@ window lower bound was then added here to match. For spec 1.0.1 it gained
 the reader limit on indices of § 8.2 (checked on the declared counts, before
 any plane is decoded), so the decoding bomb of spec/vectors/invalid/index-bomb
 is refused at once instead of after 106 s (on the 2-core development machine).
+
+Version 1.1 (values, spec § 6.4) was added from the spec's text by the
+engineer who also wrote conesfmt's values (issue 13), so for that part it is
+a second implementation, not independent evidence that § 6.4 says enough.
 
     python spec/independent_reader.py [--max-indices N] FILE
 
@@ -30,7 +34,10 @@ from itertools import accumulate
 import zstandard
 
 MAGIC = b"\x89CONES\r\n\x1a\n"
-READER_MINOR = 0
+READER_MINOR = 1
+VALUES_TAG = b"vals"  # spec § 6.4, known in files of minor >= 1
+VALUE_KINDS = {1: "q4", 2: "fp16", 3: "fp32"}
+VALUE_BYTES = {"fp16": 2, "fp32": 4}
 KNOWN = {b"LAYR": 0, b"FPRT": 1, b"META": 2, b"CNPT": 3, b"CEND": 4}
 
 MAX_SECTION = 2**31
@@ -330,6 +337,69 @@ def parse_cnpt(cur, minor, layers, buf, budget):
     }
 
 
+def parse_vals(cur, minor, c, buf):
+    """A vals section (spec § 6.4) of concept ``c``; None if its kind is of a newer minor."""
+    _, name = cur.string(16, 1, 256, "vals concept name")
+    if name != c["name"]:
+        fail(f"vals names concept {name!r} but follows concept {c['name']!r}")
+    what = f"vals {name!r}"
+    cur.what = what
+    code = cur.u8("value kind")
+    if code not in VALUE_KINDS:
+        if minor > READER_MINOR:
+            return None
+        fail(f"{what}: unknown value kind {code}")
+    kind = VALUE_KINDS[code]
+    counts = [count for _, count, _ in c["entries"]]
+    codebooks = []
+    if kind == "q4":
+        for li, _, _ in c["entries"]:
+            p = cur.take(16, "q4 codebook")
+            levels = struct.unpack_from("<4f", buf, p)
+            if not all(math.isfinite(v) for v in levels):
+                fail(f"{what}: layer {li} codebook level is not finite")
+            codebooks.append(list(levels))
+        planes = [sum((n + 3) // 4 for n in counts)] if counts else []
+    else:
+        planes = [sum(counts)] * VALUE_BYTES[kind] if counts else []
+    lengths = [cur.u32("value frame length") for _ in planes]
+    frames = [(cur.take(ln, f"value frame {j}"), ln) for j, ln in enumerate(lengths)]
+    cur.finish(minor)
+    for j, ((p, ln), size) in enumerate(zip(frames, planes, strict=True)):
+        check_zstd_frame(buf, p, ln, size, f"{what} frame {j}")
+    return {"kind": kind, "codebooks": codebooks, "frames": frames, "planes": planes, "what": what}
+
+
+def iter_values(c, buf):
+    """Yield (entry number, list of values or q4 codes) per entry; validates as it goes."""
+    v = c["values"]
+    readers = [
+        PlaneReader(buf, p, ln, size, f"{v['what']} frame {j}")
+        for j, ((p, ln), size) in enumerate(zip(v["frames"], v["planes"], strict=True))
+    ]
+    for e, (li, count, _) in enumerate(c["entries"]):
+        if v["kind"] == "q4":
+            packed = readers[0].read((count + 3) // 4)
+            if count % 4 and packed[-1] >> (2 * (count % 4)):
+                fail(f"{v['what']}: layer {li} has nonzero padding bits in its last code byte")
+            codes = [(packed[k // 4] >> (2 * (k % 4))) & 3 for k in range(count)]
+            yield e, codes
+            continue
+        width = VALUE_BYTES[v["kind"]]
+        cols = [readers[j].read(count) for j in range(width)]
+        raw = bytearray(width * count)
+        for j in range(width):
+            raw[j::width] = cols[j]
+        values = struct.unpack(f"<{count}{'e' if width == 2 else 'f'}", raw)
+        if not all(math.isfinite(x) for x in values):
+            fail(f"{v['what']}: layer {li} has a value that is not finite")
+        yield e, list(values)
+    for r in readers:
+        if r.left != 0:
+            fail(f"{v['what']}: plane not fully consumed")
+        r.close()
+
+
 def iter_indices(c, layers, buf):
     """Yield (layer index, array of indices) blocks; validates as it goes."""
     readers = [
@@ -411,6 +481,14 @@ def parse(buf, max_indices=DEFAULT_MAX_INDICES):
         if zlib.crc32(buf[pos:pend]) != crc:
             fail(f"section {tag.decode()} checksum mismatch")
         pos = pend + 4
+        if tag == VALUES_TAG and minor >= 1:  # in a 1.0 file, an unknown optional section
+            if not concepts:
+                fail("vals before any concept")
+            c = concepts[-1]
+            if "values" in c:
+                fail(f"a second vals section for concept {c['name']!r}")
+            c["values"] = parse_vals(Cursor(buf, pstart, pend, "vals"), minor, c, buf)
+            continue
         if tag not in KNOWN:
             if 0x41 <= tag[0] <= 0x5A:
                 fail(f"unknown required section {tag.decode()}")
@@ -447,6 +525,9 @@ def parse(buf, max_indices=DEFAULT_MAX_INDICES):
     for c in concepts:
         for _ in iter_indices(c, layers, buf):
             pass
+        if c.get("values"):
+            for _ in iter_values(c, buf):
+                pass
     return (major, minor), layers, fprt, meta, concepts
 
 
@@ -472,7 +553,17 @@ def emit(out, buf, version, layers, fprt, meta, concepts):
             sep = ", "
         if cur_layer is not None:
             out.write("]")
-        out.write("}}")
+        out.write("}")
+        if c.get("values"):
+            v = c["values"]
+            per_layer = {}
+            for e, items in iter_values(c, buf):
+                key = layers[c["entries"][e][0]]["key"]
+                per_layer[key] = (
+                    {"codebook": v["codebooks"][e], "codes": items} if v["kind"] == "q4" else items
+                )
+            out.write(f', "values": {d({"kind": v["kind"], "layers": per_layer})}')
+        out.write("}")
     out.write("]}\n")
 
 

@@ -1,4 +1,4 @@
-"""Regenerate the test vectors of spec § 11 (deterministic).
+"""Regenerate the test vectors of spec § 11 (deterministic), those of version 1.1's values included.
 
     python spec/make_vectors.py            # writes spec/vectors/
     python spec/make_vectors.py --check    # exit 1 if the files on disk differ
@@ -181,6 +181,55 @@ def base_concept(deltas: list[int] = (2, 3, 10), name: bytes = b"cat", **kw) -> 
     return section(b"CNPT", concept_payload(name, [(0, len(deltas))], frames, **kw))
 
 
+# Version 1.1: values (spec § 6.4). The base concept has 3 indices (2, 5, 15) in one layer.
+KIND_Q4, KIND_FP16, KIND_FP32 = 1, 2, 3
+
+
+def values_payload(
+    name: bytes,
+    kind: int,
+    planes: list[bytes],
+    codebooks: list[list[float]] | None = None,
+    frames: list[bytes] | None = None,
+    frame_lengths: list[int] | None = None,
+) -> bytes:
+    """A vals payload from uncompressed planes (or ready frames), fields in spec § 6.4 order."""
+    w = FieldWriter()
+    w.u16(len(name))
+    w.raw(name)
+    w.u8(kind)
+    for levels in codebooks or []:
+        w.raw(struct.pack("<4f", *levels))
+    frames = frames if frames is not None else [zstd(plane) for plane in planes]
+    for length in frame_lengths if frame_lengths is not None else [len(f) for f in frames]:
+        w.u32(length)
+    for frame in frames:
+        w.raw(frame)
+    return bytes(w.buffer)
+
+
+def payload_of(sec: bytes) -> bytes:
+    """The payload of a framed section (its 8-byte header and 4-byte CRC dropped)."""
+    return sec[8:-4]
+
+
+def float_planes(values: list[float], dtype: str) -> list[bytes]:
+    """The byte planes of fp16 (``<f2``) or fp32 (``<f4``) values, or raw bit patterns (``<u2``/``<u4``)."""
+    raw = np.array(values, dtype=dtype).view(np.uint8).reshape(len(values), -1)
+    return [raw[:, j].tobytes() for j in range(raw.shape[1])]
+
+
+def base_values(kind: int = KIND_FP16, name: bytes = b"cat", **kw) -> bytes:
+    """A valid vals section for the base concept, unless ``kw`` says otherwise."""
+    if kind == KIND_Q4:
+        planes = kw.pop("planes", [bytes([3 | 0 << 2 | 2 << 4])])
+        codebooks = kw.pop("codebooks", [[0.0, 0.5, 0.75, 1.25]])
+        return section(b"vals", values_payload(name, kind, planes, codebooks, **kw))
+    dtype = "<f2" if kind == KIND_FP16 else "<f4"
+    planes = kw.pop("planes", None) or float_planes([0.5, -0.0, 1.5], dtype)
+    return section(b"vals", values_payload(name, kind, planes, **kw))
+
+
 def assemble(*parts: bytes, major: int = 1, minor: int = 0) -> bytes:
     return preamble(major, minor) + b"".join(parts)
 
@@ -279,7 +328,7 @@ def valid_vectors() -> dict[str, tuple[bytes, bool]]:
             section(b"META", raw_map([(b"base_model", b"tiny")]) + b"appended"),
             base_concept(),
             END,
-            minor=1,
+            minor=2,  # 1 until spec 1.1, which made minor 1 the current version (its change log)
         ),
         False,
     )
@@ -302,6 +351,136 @@ def valid_vectors() -> dict[str, tuple[bytes, bool]]:
         )
     )
     out["frame-header-forms"] = (assemble(section(b"LAYR", layer_table(frame_layers)), *concepts, END), False)
+    out.update(valid_value_vectors(rng))
+    return out
+
+
+def valid_value_vectors(rng: np.random.Generator) -> dict[str, tuple[bytes, bool]]:
+    """Version 1.1 (spec § 6.4): each kind, all kinds together, and the files a reader must still accept."""
+    out: dict[str, tuple[bytes, bool]] = {}
+    key = BASE_LAYERS[0][0]
+    table = {
+        key: conesfmt.Layer(BASE_LAYERS[0][2], "F32"),
+        "blk.attn2.to_v.weight": conesfmt.Layer((3, 7), "F32"),
+    }
+    q4 = conesfmt.Q4([0.0, 0.5, 0.75, 1.25], [3, 0, 2])
+    q4_second = conesfmt.Q4([-1.0, 2.0, 2.0, 0.125], [1, 0, 3, 3, 2])  # levels unsorted and repeated
+    concepts = {
+        "cat": conesfmt.Concept(
+            {key: [2, 5, 15], "blk.attn2.to_v.weight": [0, 1, 2, 3, 20]},
+            values={key: q4, "blk.attn2.to_v.weight": q4_second},
+            trigger="sks",
+        )
+    }
+    out["values-q4"] = (conesfmt.Container(table, concepts).to_bytes(), True)
+    fp16 = np.array([0.5, -0.0, 2.0**-24, 65504.0, -2.5], np.float16)  # a subnormal and the largest
+    out["values-fp16"] = (
+        conesfmt.Container(
+            table,
+            {
+                "cat": conesfmt.Concept(
+                    {"blk.attn2.to_v.weight": [0, 4, 8, 9, 20]}, values={"blk.attn2.to_v.weight": fp16}
+                )
+            },
+        ).to_bytes(),
+        True,
+    )
+    fp32 = np.array([1.0 + 2.0**-23, -0.0, 2.0**-149, 3.4028235e38, -0.25], np.float32)
+    out["values-fp32"] = (
+        conesfmt.Container(
+            table,
+            {
+                "cat": conesfmt.Concept(
+                    {"blk.attn2.to_v.weight": [1, 2, 3, 5, 8]}, values={"blk.attn2.to_v.weight": fp32}
+                )
+            },
+        ).to_bytes(),
+        True,
+    )
+
+    # Every kind in one file, over layers of delta widths 1, 2 and 3, counts not multiples of 4.
+    shapes = {
+        "a.small": conesfmt.Layer((5, 5), "F16"),  # width 1
+        "b.mid": conesfmt.Layer((40, 30), "BF16"),  # width 2
+        "c.large": conesfmt.Layer((300, 300), "F32"),  # width 3
+    }
+
+    def random_indices(numel: int, count: int) -> np.ndarray:
+        return np.sort(rng.choice(numel, count, replace=False))
+
+    picks = {
+        key: random_indices(layer.numel, n)
+        for (key, layer), n in zip(shapes.items(), (7, 301, 1023), strict=True)
+    }
+    mixed = {
+        "binary": conesfmt.Concept({k: v[::2] for k, v in picks.items()}, {"method": "xi-descent"}),
+        "quaternary": conesfmt.Concept(
+            picks,
+            values={k: rng.uniform(-0.5, 1.5, v.size).astype(np.float32) for k, v in picks.items()},
+            value_kind="q4",
+        ),
+        "half": conesfmt.Concept(
+            {k: v[1::3] for k, v in picks.items()},
+            values={k: rng.normal(0.3, 0.2, v[1::3].size).astype(np.float16) for k, v in picks.items()},
+        ),
+        "single": conesfmt.Concept(
+            {"c.large": picks["c.large"]},
+            values={"c.large": rng.normal(0.0, 1.0, picks["c.large"].size).astype(np.float32)},
+        ),
+        "no entries, q4": conesfmt.Concept(
+            {}, {"note": "a valued concept may touch no layer"}, value_kind="q4", values={}
+        ),
+    }
+    out["values-mixed"] = (
+        conesfmt.Container(shapes, mixed, metadata={"created_by": "cones 0.1.0"}).to_bytes(),
+        True,
+    )
+
+    # Files a reader must accept that no canonical writer makes.
+    out["values-minor-0-skipped"] = (
+        assemble(
+            BASE_LAYR, base_concept(), section(b"vals", b"not values: in a 1.0 file an unknown section"), END
+        ),
+        False,
+    )
+    out["values-newer-minor-unknown-kind"] = (
+        assemble(
+            BASE_LAYR, base_concept(), section(b"vals", values_payload(b"cat", 9, [b"future"])), END, minor=2
+        ),
+        False,
+    )
+    out["values-newer-minor-extension"] = (
+        assemble(
+            BASE_LAYR,
+            base_concept(),
+            section(b"vals", payload_of(base_values()) + b"\x01\x02"),
+            END,
+            minor=2,
+        ),
+        False,
+    )
+    out["values-optional-section-between"] = (
+        assemble(
+            BASE_LAYR,
+            base_concept(),
+            section(b"note", b"between a concept and its values"),
+            base_values(KIND_Q4),
+            END,
+            minor=1,
+        ),
+        False,
+    )
+    frames = [zstd(plane, level=1, checksum=True) for plane in float_planes([0.5, -0.0, 1.5], "<f4")]
+    out["values-level1-checksum"] = (
+        assemble(
+            BASE_LAYR,
+            base_concept(),
+            section(b"vals", values_payload(b"cat", KIND_FP32, [], frames=frames)),
+            END,
+            minor=1,
+        ),
+        False,
+    )
     return out
 
 
@@ -781,7 +960,129 @@ def invalid_vectors() -> dict[str, tuple[bytes, int, str, str]]:
         "default index limit (spec § 8.2) a reader refuses it before decoding any index",
         "max_indices",
     )
+    invalid_value_vectors(add)
     return v
+
+
+def invalid_value_vectors(add) -> None:
+    """Version 1.1 (spec § 6.4, § 9 rules 20-23): each breaks one rule in a file of minor 1.
+
+    A 1.0 reader accepts every one of them: to it, ``vals`` is an unknown optional section.
+    """
+    good = [BASE_LAYR, base_concept()]
+    add(
+        "values-before-concept",
+        assemble(BASE_LAYR, base_values(), base_concept(), END, minor=1),
+        20,
+        "a vals section before the first CNPT",
+        "before any concept",
+    )
+    add(
+        "values-twice",
+        assemble(*good, base_values(), base_values(), END, minor=1),
+        20,
+        "two vals sections for one concept",
+        "a second values section",
+    )
+    add(
+        "values-name-mismatch",
+        assemble(*good, base_values(name=b"dog"), END, minor=1),
+        20,
+        "vals names concept dog after the CNPT of cat",
+        "follows the CNPT of concept 'cat'",
+    )
+    add(
+        "values-unknown-kind",
+        assemble(*good, section(b"vals", values_payload(b"cat", 4, [b"\x00\x00\x00"])), END, minor=1),
+        21,
+        "value kind 4 in a 1.1 file",
+        "unknown value kind 4",
+    )
+    add(
+        "values-codebook-nan",
+        assemble(*good, base_values(KIND_Q4, codebooks=[[0.0, float("nan"), 0.75, 1.25]]), END, minor=1),
+        22,
+        "a NaN level in a q4 codebook",
+        "codebook",
+    )
+    add(
+        "values-fp16-infinity",
+        assemble(*good, base_values(planes=float_planes([0.5, np.inf, 1.5], "<f2")), END, minor=1),
+        22,
+        "an fp16 value of +infinity (bits 0x7C00)",
+        "not finite",
+    )
+    add(
+        "values-fp32-nan",
+        assemble(
+            *good,
+            base_values(KIND_FP32, planes=float_planes([0x3F000000, 0x7FC00001, 0], "<u4")),
+            END,
+            minor=1,
+        ),
+        22,
+        "an fp32 value that is a NaN (bits 0x7FC00001)",
+        "not finite",
+    )
+    add(
+        "values-q4-padding",
+        assemble(*good, base_values(KIND_Q4, planes=[bytes([3 | 0 << 2 | 2 << 4 | 1 << 6])]), END, minor=1),
+        23,
+        "3 codes in one byte whose unused top bits are 01",
+        "padding bits",
+    )
+    add(
+        "values-frame-size-mismatch",
+        assemble(*good, base_values(planes=float_planes([0.5, -0.0, 1.5, 2.0], "<f2")), END, minor=1),
+        18,
+        "fp16 planes of 4 bytes for a concept of 3 indices",
+        "declares 4 bytes",
+    )
+    add(
+        "values-frame-not-zstd",
+        assemble(
+            *good,
+            section(
+                b"vals", values_payload(b"cat", KIND_Q4, [], [[0, 1, 2, 3]], frames=[b"\x03\x00\x00\x00\x00"])
+            ),
+            END,
+            minor=1,
+        ),
+        18,
+        "the q4 code frame is not zstd",
+        "not a zstd frame",
+    )
+    add(
+        "values-trailing-bytes",
+        assemble(*good, section(b"vals", payload_of(base_values()) + b"\x00"), END, minor=1),
+        9,
+        "a byte after the last field of vals in a 1.1 file",
+        "unexpected bytes",
+    )
+    add(
+        "values-missing-plane",
+        assemble(
+            *good,
+            section(b"vals", values_payload(b"cat", KIND_FP32, float_planes([0.5, -0.0, 1.5], "<f4")[:2])),
+            END,
+            minor=1,
+        ),
+        10,
+        "an fp32 vals section with 2 of its 4 planes: read as 4 frame lengths, its frames run past the payload",
+        "remain",
+    )
+    add(
+        "values-codebooks-short",
+        assemble(
+            *good,
+            section(b"vals", values_payload(b"cat", KIND_Q4, [], frames=[]) + b"\x00" * 8),
+            END,
+            minor=1,
+        ),
+        10,
+        "a q4 vals section with 8 of the 16 bytes of its one codebook",
+        "q4 codebooks",
+    )
 
 
 def frame_with_window(content: bytes, window_log: int) -> bytes:

@@ -174,7 +174,7 @@ def test_help_names_only_commands_that_exist() -> None:
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert result.stdout == f"cones {conesfmt.__version__} (.cones format 1.0, spec 1.0.1)\n"
+    assert result.stdout == f"cones {conesfmt.__version__} (.cones format 1.1, spec 1.1.0)\n"
 
 
 @pytest.mark.parametrize(
