@@ -1068,7 +1068,7 @@ def invalid_value_vectors(add) -> None:
             minor=1,
         ),
         10,
-        "an fp32 vals section with 2 of its 4 planes: read as 4 frame lengths, its frames run past the payload",
+        "an fp32 vals section with 2 of its 4 planes: its frames, read after 4 lengths, run past the payload",
         "remain",
     )
     add(
