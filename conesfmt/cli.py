@@ -101,6 +101,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DECODE_SECONDS,
         help=f"seconds the reader may take on one input, its start included (default {DECODE_SECONDS:g})",
     )
+    conformance.add_argument(
+        "--format-minor",
+        type=int,
+        choices=range(FORMAT_VERSION[1] + 1),
+        default=FORMAT_VERSION[1],
+        metavar="M",
+        help=f"the minor version the reader implements (default {FORMAT_VERSION[1]}); 0 for a 1.0 reader, "
+        "which must read 1.1 files too, without their values (spec § 2.4, § 6.4)",
+    )
     conformance.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: fixed)")
     conformance.add_argument(
         "--shrink", action="store_true", help="minimise a failing input first (slow for a command reader)"
@@ -263,7 +272,10 @@ def _conformance(args: argparse.Namespace) -> int:
         raise CommandError(
             f"the conformance kit needs hypothesis: pip install hypothesis ({error})"
         ) from None
-    reader = LibraryReader() if args.reader is None else CommandReader(args.reader, timeout=args.timeout)
+    if args.reader is None:
+        reader = LibraryReader(args.format_minor)
+    else:
+        reader = CommandReader(args.reader, timeout=args.timeout)
     try:
         summary = run(
             reader,
@@ -271,6 +283,7 @@ def _conformance(args: argparse.Namespace) -> int:
             mutations_per_example=args.mutations,
             seed=args.seed,
             shrink=args.shrink or None,
+            minor=args.format_minor,
         )
     except ConformanceFailure as failure:
         args.failure.write_bytes(failure.data)

@@ -4,6 +4,8 @@ Blind edits (bit flips, truncations, insertions) are almost all caught by the
 section CRCs. To reach the rules behind the CRC, the section-aware edits
 change a length or a count field, splice, drop or reorder sections, and then
 *recompute the CRC*, so a reader's field validation is what must catch them.
+Index and value edits go behind the zstd frames: they decompress a plane,
+edit it, and compress it again (spec § 6.3, § 6.4).
 
 >>> @given(st.data())
 ... def test(data):
@@ -158,7 +160,7 @@ def structural_mutations(draw: st.DrawFn, data: bytes) -> bytes:
     tag = draw(
         st.one_of(
             st.sampled_from(
-                [b"LAYR", b"FPRT", b"META", b"CNPT", b"CEND", b"layr", b"cnpt", b"Zzzz", b"zzzz"]
+                [b"LAYR", b"FPRT", b"META", b"CNPT", b"CEND", b"vals", b"layr", b"cnpt", b"Zzzz", b"zzzz"]
             ),
             st.binary(min_size=4, max_size=4),
         )
@@ -285,13 +287,104 @@ def index_mutations(draw: st.DrawFn, data: bytes) -> bytes:
     return _replace_section(data, span, reframe(span.tag, bytes(rebuilt)))
 
 
+#: Value planes per kind byte of a vals section (spec § 6.4): 1 q4, 2 fp16, 3 fp32.
+_VALUE_PLANES = {1: 1, 2: 2, 3: 4}
+
+
+def _parse_values(payload: bytes, entries: int) -> tuple[int, int, int, list[bytes]] | None:
+    """Offsets of a vals payload: (kind, start of the codebooks, start of the frame lengths, frames)."""
+    try:
+        position = 2 + struct.unpack_from("<H", payload, 0)[0]
+        kind = payload[position]
+        codebooks = position + 1
+        position = codebooks + (16 * entries if kind == 1 else 0)
+        planes = _VALUE_PLANES.get(kind, 0) if entries else 0
+        lengths = struct.unpack_from(f"<{planes}I", payload, position)
+        position += 4 * planes
+        frames = []
+        for length in lengths:
+            frames.append(payload[position : position + length])
+            position += length
+        return kind, codebooks, codebooks + (16 * entries if kind == 1 else 0), frames
+    except (struct.error, IndexError):
+        return None
+
+
+@st.composite
+def value_mutations(draw: st.DrawFn, data: bytes) -> bytes:
+    """Edits of a concept's values (spec § 6.4), re-compressed with consistent sizes and CRCs.
+
+    These reach the value rules behind the frames (spec § 9, rules 18, 22, 23):
+    a value made infinite or NaN, a byte changed, the padding bits of a q4
+    byte set, a codebook level made NaN, a plane one byte short or long.
+    """
+    spans = sections(data)
+    widths = _layer_widths(data, spans)
+    values = [n for n, s in enumerate(spans) if s.tag == b"vals" and any(t.tag == b"CNPT" for t in spans[:n])]
+    if widths is None or not values:
+        return draw(index_mutations(data))
+    number = draw(st.sampled_from(values))
+    span = spans[number]
+    concept = next(s for s in reversed(spans[:number]) if s.tag == b"CNPT")
+    parsed_concept = _parse_concept(data[concept.payload : concept.end], widths)
+    payload = data[span.payload : span.end]
+    parsed = _parse_values(payload, len(parsed_concept[1])) if parsed_concept else None
+    if parsed is None or not parsed[3]:
+        return draw(structural_mutations(data))
+    kind, codebooks, lengths_at, frames = parsed
+    try:
+        planes = [bytearray(zstandard.ZstdDecompressor().decompress(f)) for f in frames]
+    except zstandard.ZstdError:
+        return draw(structural_mutations(data))
+    edit = draw(st.sampled_from(["byte", "non-finite", "padding", "codebook", "plane-size"]))
+    head = bytearray(payload[:lengths_at])
+    plane = draw(st.integers(0, len(planes) - 1))
+    if edit == "plane-size" or not planes[plane]:
+        if planes[plane] and draw(st.booleans()):
+            del planes[plane][draw(st.integers(0, len(planes[plane]) - 1))]
+        else:
+            planes[plane].insert(draw(st.integers(0, len(planes[plane]))), draw(st.integers(0, 255)))
+    elif edit == "codebook" and kind == 1 and len(head) >= codebooks + 4:
+        offset = codebooks + 4 * draw(st.integers(0, (len(head) - codebooks) // 4 - 1))
+        head[offset : offset + 4] = struct.pack(
+            "<f", draw(st.sampled_from([float("nan"), float("inf"), -0.0, 3.0]))
+        )
+    elif edit == "non-finite" and kind in (2, 3):
+        # Exponent all ones: the high byte of the value (plane 1 of fp16, plane 3 of fp32) and its top bit.
+        position = draw(st.integers(0, len(planes[0]) - 1))
+        top = len(planes) - 1
+        planes[top][position] |= 0x7F  # fp16: bits 0x7C00; fp32: 0x7F000000 and, below,
+        if top == 3:
+            planes[2][position] |= 0x80  # 0x00800000
+    elif edit == "padding" and kind == 1:
+        position = draw(st.integers(0, len(planes[0]) - 1))
+        planes[0][position] |= 1 << draw(st.integers(0, 7))
+    else:
+        position = draw(st.integers(0, len(planes[plane]) - 1))
+        planes[plane][position] = draw(st.integers(0, 255))
+    frames = [zstandard.ZstdCompressor(level=3).compress(bytes(p)) for p in planes]
+    rebuilt = head
+    for frame in frames:
+        rebuilt += struct.pack("<I", len(frame))
+    for frame in frames:
+        rebuilt += frame
+    return _replace_section(data, span, reframe(span.tag, bytes(rebuilt)))
+
+
 @st.composite
 def mutations(draw: st.DrawFn, data: bytes) -> bytes:
-    """One mutation of ``data``: blind (1/4), structural (1/2) or of index data (1/4)."""
+    """One mutation of ``data``: blind (1/4), structural (1/2) or of index data (1/4).
+
+    When ``data`` has values (format 1.1), a third of the index-data edits are
+    edits of values instead.
+    """
     kind = draw(st.sampled_from(["blind", "structural", "structural", "index"]))
+    if kind == "index" and b"vals" in data and draw(st.integers(0, 2)) == 0:
+        kind = "values"
     strategy = {
         "blind": blind_mutations,
         "structural": structural_mutations,
         "index": index_mutations,
+        "values": value_mutations,
     }[kind]
     return draw(strategy(data))

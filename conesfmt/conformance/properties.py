@@ -31,10 +31,11 @@ import numpy as np
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from ..container import Container
+from ..container import FORMAT_VERSION, VALUES_MINOR, Container
 from ..contract import DECODE_SECONDS, REJECT_STATUS
 from ..errors import FormatError
 from ..jsonform import to_json
+from ..sections import decode
 from .hostile import HOSTILE_INPUTS
 from .mutations import mutations
 from .strategies import containers
@@ -63,11 +64,18 @@ class Reader(Protocol):
 
 
 class LibraryReader:
-    """This library as a reader: FormatError means rejected, anything else propagates."""
+    """This library as a reader: FormatError means rejected, anything else propagates.
+
+    ``minor`` 0 reads as a 1.0 reader does (``vals`` is an unknown optional
+    section): the reference a 1.0 reader is compared with.
+    """
+
+    def __init__(self, minor: int = FORMAT_VERSION[1]):
+        self.minor = minor
 
     def decode(self, data: bytes) -> dict[str, Any] | None:
         try:
-            return to_json(Container.from_bytes(data))
+            return to_json(decode(data, reader_minor=self.minor))
         except FormatError:
             return None
 
@@ -159,25 +167,27 @@ def check_canonical(container: Container) -> None:
     assert container.to_bytes() == data  # and writing is deterministic
 
 
-def check_valid(reader: Reader, container: Container) -> None:
-    """A reader decodes a valid file to exactly its content."""
+def check_valid(reader: Reader, container: Container, minor: int = FORMAT_VERSION[1]) -> None:
+    """A reader decodes a valid file to exactly its content (for a 1.0 reader: without values)."""
     data = container.to_bytes()
     decoded = reader.decode(data)
     if decoded is None:
         raise ConformanceFailure("reader rejected a valid container", data)
-    if _normalise(decoded) != _normalise(to_json(container)):
+    expected = to_json(container) if minor >= VALUES_MINOR else to_json(decode(data, reader_minor=minor))
+    if _normalise(decoded) != _normalise(expected):
         raise ConformanceFailure("reader decoded a valid container to different content", data)
 
 
-def check_mutation(reader: Reader, data: bytes) -> bool:
+def check_mutation(reader: Reader, data: bytes, minor: int = FORMAT_VERSION[1]) -> bool:
     """Any input is either a valid container or rejected; never a crash, hang or huge allocation.
 
     For this library the check is direct; for another reader it is
-    differential: it must accept exactly what this library accepts, with the
-    same content. Returns whether the input was accepted.
+    differential: it must accept exactly what this library accepts (reading
+    as a reader of ``minor``), with the same content. Returns whether the
+    input was accepted.
     """
-    expected = _library_decode_checked(data)
-    if isinstance(reader, LibraryReader):
+    expected = _library_decode_checked(data, minor)
+    if isinstance(reader, LibraryReader) and reader.minor == minor:
         return expected is not None
     got = _timed_decode(reader, data)
     if expected is None and got is not None:
@@ -189,11 +199,11 @@ def check_mutation(reader: Reader, data: bytes) -> bool:
     return expected is not None
 
 
-def _library_decode_checked(data: bytes) -> dict[str, Any] | None:
+def _library_decode_checked(data: bytes, minor: int = FORMAT_VERSION[1]) -> dict[str, Any] | None:
     tracemalloc.start()
     started = time.monotonic()
     try:
-        container = Container.from_bytes(data)
+        container = decode(data, reader_minor=minor)
     except FormatError:
         container = None
     finally:
@@ -248,6 +258,15 @@ def binary32(value: Any) -> Any:
     to it (spec § 12): ``0.99`` and ``0.9900000095367432`` are the same value.
     The sign of zero is kept.
     """
+    return _nearest(value, np.float32)
+
+
+def binary16(value: Any) -> Any:
+    """The binary16 value nearest to a JSON number (fp16 values, spec § 12), like :func:`binary32`."""
+    return _nearest(value, np.float16)
+
+
+def _nearest(value: Any, dtype: type[np.floating]) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return value
     if (
@@ -261,33 +280,49 @@ def binary32(value: Any) -> Any:
     negative = value.is_signed() if isinstance(value, Decimal) else math.copysign(1.0, value) < 0
     if exact == 0:
         return -0.0 if negative else 0.0
-    # Beyond the midpoint between the largest binary32 and 2**128, it rounds to infinity.
-    if abs(exact) >= 2**128 - 2**103:
+    largest = np.finfo(dtype).max
+    # Beyond the midpoint between the largest finite value and the next power of two, it rounds to infinity.
+    ulp = Fraction(float(largest)) - Fraction(float(np.nextafter(largest, dtype(0))))
+    if abs(exact) >= Fraction(float(largest)) + ulp / 2:
         return -math.inf if negative else math.inf
-    largest = np.finfo(np.float32).max
+    bits = np.uint16 if dtype == np.float16 else np.uint32
     with np.errstate(over="ignore"):
-        guess = np.clip(np.float32(float(exact)), -largest, largest)  # float(Fraction): correctly rounded
-        candidates = [
-            guess,
-            np.nextafter(guess, -np.inf, dtype=np.float32),
-            np.nextafter(guess, np.inf, dtype=np.float32),
-        ]
+        guess = np.clip(dtype(float(exact)), -largest, largest)  # float(Fraction): correctly rounded
+        candidates = [guess, np.nextafter(guess, dtype(-np.inf)), np.nextafter(guess, dtype(np.inf))]
     best = min(
         (c for c in candidates if np.isfinite(c)),
-        key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(np.uint32)) & 1),
+        key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(bits)) & 1),
     )
     return float(best)
 
 
 def _normalise(document: Any) -> str:
-    """Canonical JSON text of a decoded form: fingerprint values as binary32, other numbers as read."""
+    """Canonical JSON text of a decoded form: fingerprint values, q4 levels and fp32 values as
+    binary32, fp16 values as binary16, other numbers as read (spec § 12)."""
     if isinstance(document, dict) and isinstance(document.get("fingerprint"), dict):
         fingerprint = document["fingerprint"]
         if isinstance(fingerprint.get("values"), list):
             rows = fingerprint["values"]
             values = [[binary32(v) for v in row] if isinstance(row, list) else row for row in rows]
             document = {**document, "fingerprint": {**fingerprint, "values": values}}
+    if isinstance(document, dict) and isinstance(document.get("concepts"), list):
+        document = {**document, "concepts": [_normalise_values(c) for c in document["concepts"]]}
     return json.dumps(document, sort_keys=True, default=_plain_number)
+
+
+def _normalise_values(concept: Any) -> Any:
+    values = concept.get("values") if isinstance(concept, dict) else None
+    if not isinstance(values, dict) or not isinstance(values.get("layers"), dict):
+        return concept
+    nearest = binary16 if values.get("kind") == "fp16" else binary32
+    layers = {}
+    for key, stored in values["layers"].items():
+        if isinstance(stored, dict) and isinstance(stored.get("codebook"), list):
+            stored = {**stored, "codebook": [binary32(v) for v in stored["codebook"]]}
+        elif isinstance(stored, list):
+            stored = [nearest(v) for v in stored]
+        layers[key] = stored
+    return {**concept, "values": {**values, "layers": layers}}
 
 
 def _plain_number(value: Any) -> Any:
@@ -313,11 +348,14 @@ def run(
     mutations_per_example: int = 10,
     seed: int | None = None,
     shrink: bool | None = None,
+    minor: int = FORMAT_VERSION[1],
 ) -> Summary:
     """Run every property against ``reader`` with hypothesis; raises on the first failure.
 
     The hostile inputs (:mod:`.hostile`) come first, then ``examples`` valid
-    containers and ``mutations_per_example`` mutations of each.
+    containers and ``mutations_per_example`` mutations of each. ``minor`` is
+    the minor version the reader implements: 0 for a 1.0 reader, which must
+    read 1.1 files too, skipping their values (spec § 2.4, § 6.4).
 
     ``shrink`` (default: only for this library) lets hypothesis minimise a
     failing example; for an external reader each step costs a process start.
@@ -339,12 +377,12 @@ def run(
     def properties(container: Container, data: st.DataObject) -> None:
         check_round_trip(container)
         check_canonical(container)
-        check_valid(reader, container)
+        check_valid(reader, container, minor)
         summary.valid_containers += 1
         encoded = container.to_bytes()
         for _ in range(mutations_per_example):
             mutated = data.draw(mutations(encoded))
-            summary.accepted_mutations += check_mutation(reader, mutated)
+            summary.accepted_mutations += check_mutation(reader, mutated, minor)
             summary.mutated_inputs += 1
 
     if seed is not None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ..container import Concept, Container, Layer
 from ..fingerprint import Fingerprint
+from ..values import Q4
 
 # Text without surrogates (they cannot be UTF-8), control characters included.
 _TEXT = st.characters(codec="utf-8")
@@ -70,10 +71,41 @@ def index_sets(draw: st.DrawFn, numel: int) -> np.ndarray:
     return (chosen[:, None] * columns + np.arange(columns)).reshape(-1)
 
 
+#: float16 / float32 values that are edge cases: signed zeros, the smallest subnormal, the largest.
+_SPECIAL_FP16 = [0.0, -0.0, 2.0**-24, -(2.0**-24), 2.0**-14, 65504.0, -65504.0, 1.0, 0.5]
+_SPECIAL_FP32 = [0.0, -0.0, 2.0**-149, 2.0**-126, float(np.finfo(np.float32).max), -1.0, 1.0 + 2.0**-23]
+
+
 @st.composite
-def containers(draw: st.DrawFn, max_layers: int = 5, max_concepts: int = 4) -> Container:
+def layer_values(draw: st.DrawFn, kind: str, count: int) -> Q4 | np.ndarray:
+    """Finite values of one kind for ``count`` indices: random, constant, or edge cases."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    style = draw(st.sampled_from(["random", "constant", "special"]))
+    if kind == "q4":
+        levels = draw(
+            st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=4, max_size=4)
+        )
+        codes = np.full(count, draw(st.integers(0, 3))) if style == "constant" else rng.integers(0, 4, count)
+        return Q4(levels, codes)
+    dtype = np.float16 if kind == "fp16" else np.float32
+    special = np.array(_SPECIAL_FP16 if kind == "fp16" else _SPECIAL_FP32, dtype)
+    if style == "constant":
+        return np.full(count, special[draw(st.integers(0, special.size - 1))], dtype)
+    if style == "special":
+        return special[rng.integers(0, special.size, count)]
+    return rng.normal(0.5, draw(st.sampled_from([0.01, 0.3, 3.0])), count).astype(dtype)
+
+
+def value_kinds() -> st.SearchStrategy[str]:
+    """Mostly binary, as real containers are; each kind of spec § 6.4 often enough."""
+    return st.sampled_from(["binary", "binary", "binary", "q4", "fp16", "fp32"])
+
+
+@st.composite
+def containers(draw: st.DrawFn, max_layers: int = 5, max_concepts: int = 4, values: bool = True) -> Container:
     """Valid containers: empty ones, no concepts, layers with none or all entries shut,
-    1-D to 4-D shapes, unicode names and metadata, with or without a fingerprint."""
+    1-D to 4-D shapes, unicode names and metadata, with or without a fingerprint, and
+    (``values``, format 1.1) concepts with q4, fp16 or fp32 values among binary ones."""
     layers = draw(layer_tables(max_layers))
     fingerprint = None
     if draw(st.booleans()):
@@ -90,5 +122,10 @@ def containers(draw: st.DrawFn, max_layers: int = 5, max_concepts: int = 4) -> C
     for name in concept_names:
         touched = draw(st.lists(st.sampled_from(sorted(layers)), unique=True)) if layers else []
         indices = {key: draw(index_sets(layers[key].numel)) for key in touched}
-        concepts[name] = Concept(indices, draw(metadata_maps()))
+        kind = draw(value_kinds()) if values else "binary"
+        if kind == "binary":
+            concepts[name] = Concept(indices, draw(metadata_maps()))
+            continue
+        stored = {key: draw(layer_values(kind, indices[key].size)) for key in touched}
+        concepts[name] = Concept(indices, draw(metadata_maps()), values=stored, value_kind=kind)
     return Container(layers, concepts, fingerprint, draw(metadata_maps()))

@@ -19,6 +19,7 @@ import conesfmt
 from conesfmt.conformance import CommandReader
 from conesfmt.conformance.properties import _normalise
 from conesfmt.jsonform import to_json
+from tests.conesfmt import reader_1_0
 
 VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
 _BESIDE = Path(sys.executable).parent / "cones"
@@ -142,3 +143,17 @@ def test_every_reader_gets_the_decoding_bomb_first(reader: Path) -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "reader ran past the per-input limit of 2 s on a 164037-byte input" in result.stderr
+
+
+def test_the_1_0_reader_passes_the_kit_for_1_0_readers_but_not_the_1_1_kit(tmp_path: Path) -> None:
+    """--format-minor 0 checks a 1.0 reader on 1.1 files too: it must read them, values skipped."""
+    folder = reader_1_0.extract(tmp_path, reader_1_0.COMMIT_1_0_1)  # 968f55e's has no index limit
+    command = f"{sys.executable} {folder / 'reader.py'} {folder} {{}}"
+    run = [CONES, "conformance", "--reader", command, "--examples", "12", "--mutations", "4"]
+    run += ["--failure", str(tmp_path / "failure.cones")]
+    as_1_0 = subprocess.run([*run, "--format-minor", "0"], capture_output=True, text=True, timeout=600)
+    assert as_1_0.returncode == 0, as_1_0.stdout + as_1_0.stderr
+    as_1_1 = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert as_1_1.returncode == 1, as_1_1.stdout + as_1_1.stderr
+    assert "reader decoded a valid container to different content" in as_1_1.stderr
+    assert conesfmt.load(tmp_path / "failure.cones").version == (1, 1)  # a file with values
