@@ -105,6 +105,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_search_options(refine, steps=1000, lr=3e-5)
     refine.set_defaults(handler=_refine)
 
+    attention = subparsers.add_parser(
+        "attention",
+        help="draw each word's cross-attention map before and after containers are applied (paper Fig. 2)",
+        description="Generate one image for --prompt with the model as it is and with the containers "
+        "applied (same seed), record where the image attends to each word in every cross-attention "
+        "layer, and draw one row per word: its map before | after, with its share of attention.",
+    )
+    attention.add_argument("--model", required=True, type=Path, help="local diffusers SD 1.x/2.x folder")
+    attention.add_argument("--prompt", required=True, help='e.g. "a photo of a sks cat"')
+    attention.add_argument(
+        "containers", nargs="*", type=Path, metavar="CONTAINER", help=".cones files to apply for 'after'"
+    )
+    attention.add_argument("--out", "-o", required=True, type=Path, help="the PNG to write")
+    attention.add_argument("--seed", type=int, default=0, help="the generation's seed (default 0)")
+    attention.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    attention.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5)")
+    attention.add_argument("--device", default="auto", help="auto, cuda or cpu (default auto)")
+    attention.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    attention.set_defaults(handler=_attention)
+
     from .demo import DEMO_CLASS_IMAGES, DEMO_LR, DEMO_PRIOR_WEIGHT, DEMO_SPARSITY, DEMO_STEPS
 
     demo = subparsers.add_parser(
@@ -148,6 +168,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
+
+
+def _attention(args: argparse.Namespace) -> int:
+    from .config import check_model_folder, check_out
+
+    check_model_folder(args.model)
+    check_out(args.out, args.overwrite)
+    for path in args.containers:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such container")
+    import torch
+
+    import conesrt
+
+    from .attention import attention_maps, draw
+    from .pipelines import load_pipeline
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    pipe = load_pipeline(args.model, device)
+    options = dict(seed=args.seed, steps=args.steps, guidance=args.guidance)
+    before = attention_maps(pipe, args.prompt, **options)
+    after = None
+    if args.containers:
+        with conesrt.apply(pipe, args.containers):
+            after = attention_maps(pipe, args.prompt, **options)
+    draw(before, after, args.out)
+    for position, token in enumerate(before.tokens):
+        shares = " -> ".join(f"{m.share(position):.3f}" for m in (before, after) if m is not None)
+        print(f"  {token!r:>20}  attention share {shares}")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
