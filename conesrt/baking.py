@@ -1,8 +1,10 @@
-"""Baking: write a new safetensors file with the concept neurons shut (numpy only).
+"""Baking: write a new safetensors file with the concept neurons shut or scaled (numpy only).
 
 For edge and mobile pipelines that convert weights ahead of time (Core ML has
 no run-time adapter support). The output equals, bit for bit, what
-:func:`conesrt.apply` gives, and loads in diffusers like the original.
+:func:`conesrt.apply` gives, values and strengths included (both follow
+spec § 6.5 through :mod:`conesrt.composition`), and loads in diffusers like
+the original.
 
 >>> conesrt.bake("sd15/unet", ["cat.cones", "lake.cones"], "unet-cat-lake.safetensors")
 PosixPath('unet-cat-lake.safetensors')
@@ -20,9 +22,10 @@ import numpy as np
 import conesfmt
 from conesfmt.files import replacing
 
+from .composition import SCALABLE_DTYPES, Factors, compose_weights, factor_rows, product
 from .fit import check_fits
-from .sources import ContainerLike, load_containers, select_concepts
-from .weights_file import SafetensorsFile
+from .sources import ContainerLike, load_containers, select_concepts, strengths_for
+from .weights_file import SafetensorsFile, WeightsError
 
 
 def bake(
@@ -31,10 +34,15 @@ def bake(
     dst: str | os.PathLike[str],
     *,
     concepts: Iterable[str] | None = None,
+    strength: float | Sequence[float] = 1.0,
     strict: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Copy the weights at ``src`` to ``dst`` with the concepts' neurons set to +0.0.
+    """Copy the weights at ``src`` to ``dst`` with the concepts' neurons set to +0.0, or scaled.
+
+    Entries become what :func:`conesrt.apply` makes them (spec § 6.5): +0.0
+    for a binary concept, θ · ξ for one with values, and ``strength`` (one
+    number, or one per container) scales a concept's effect as there.
 
     ``src`` is a ``.safetensors`` file or a diffusers model or pipeline folder
     (its UNet weights). Every container is checked against ``src`` first, as
@@ -51,26 +59,46 @@ def bake(
     if not overwrite and (dst.exists() or dst.is_symlink()):
         raise FileExistsError(f"{dst} exists; pass overwrite=True to replace it")
     weights = SafetensorsFile(src)
-    plan = select_concepts(load_containers(containers, weights.shapes), concepts)
+    loaded = load_containers(containers, weights.shapes)
+    plan = select_concepts(loaded, concepts)
+    strengths = strengths_for(plan, strength, len(loaded))
     for source, container, _ in plan:
         check_fits(source, container, weights.shapes, weights.read_values, strict)
-    shut = _union_by_layer(plan)
+    layers = _covers_by_layer(plan, strengths)
+    for key, covers in layers.items():
+        dtype = weights.entries[key].dtype
+        if not all(factors.shuts for _, factors in covers) and dtype not in SCALABLE_DTYPES:
+            raise WeightsError(
+                f"{weights.path}: weight {key!r} has dtype {dtype}: its entries can be shut (a binary "
+                "concept at strength 1) but not scaled (spec § 6.5)"
+            )
 
     with replacing(dst) as temporary:
         shutil.copyfile(weights.path, temporary)
         memory = np.memmap(temporary, dtype=np.uint8, mode="r+")
-        for key, indices in shut.items():
-            weights.entry_bytes(memory, key)[indices] = 0  # +0.0: all bits zero in every float format
+        for key, covers in layers.items():
+            entries = np.unique(np.concatenate([indices for indices, _ in covers]))
+            region = weights.entry_bytes(memory, key)
+            if all(factors.shuts for _, factors in covers):
+                region[entries] = 0  # +0.0: all bits zero in every float format
+            else:
+                xi, zero = product(factor_rows(entries, covers))
+                region[entries] = compose_weights(region[entries], weights.entries[key].dtype, xi, zero)
         memory.flush()
         del memory
     return dst
 
 
-def _union_by_layer(plan: list[tuple[str, conesfmt.Container, list[str]]]) -> dict[str, np.ndarray]:
-    """Sorted indices shut in each layer by any selected concept."""
-    parts: dict[str, list[np.ndarray]] = {}
-    for _, container, names in plan:
+def _covers_by_layer(
+    plan: list[tuple[str, conesfmt.Container, list[str]]], strengths: list[np.float32]
+) -> dict[str, list[tuple[np.ndarray, Factors]]]:
+    """Per layer, each selected concept's sorted indices there and its factors (spec § 6.5)."""
+    layers: dict[str, list[tuple[np.ndarray, Factors]]] = {}
+    for (_, container, names), strength in zip(plan, strengths, strict=True):
         for name in names:
-            for key in container.concepts[name].counts:
-                parts.setdefault(key, []).append(container.indices(name, key))
-    return {key: np.unique(np.concatenate(arrays)) for key, arrays in parts.items()}
+            concept = container.concepts[name]
+            for key in concept.counts:
+                indices = container.indices(name, key)
+                factors = Factors(concept.values.get(key), indices.size, strength)
+                layers.setdefault(key, []).append((indices, factors))
+    return layers

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bake = subparsers.add_parser(
         "bake",
         help="write a safetensors file with concept neurons shut (numpy only, for edge and mobile)",
-        description="Copy a model's weights with the containers' concept neurons set to +0.0. "
-        "The result equals conesrt.apply bit for bit and loads in diffusers like the original.",
+        description="Copy a model's weights with the containers' concept neurons set to +0.0, or "
+        "scaled by their values (format 1.1). The result equals conesrt.apply bit for bit, strengths "
+        "included, and loads in diffusers like the original.",
     )
     bake.add_argument("containers", nargs="+", type=Path, metavar="CONTAINER", help=".cones files")
     bake.add_argument(
@@ -37,6 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bake.add_argument("--out", "-o", required=True, type=Path, help="the safetensors file to write")
     bake.add_argument(
         "--concept", action="append", dest="concepts", help="use only this concept (repeatable)"
+    )
+    bake.add_argument(
+        "--strength",
+        action="append",
+        type=float,
+        dest="strengths",
+        metavar="S",
+        help="scale each concept's effect (spec § 6.5): xi' = S*xi + (1 - S); 0 changes nothing, 1 (the "
+        "default) is the container as stored, a binary container at 0.5 halves its entries. Once for "
+        "every container, or once per container in their order",
     )
     bake.add_argument(
         "--no-strict",
@@ -78,6 +89,7 @@ def _bake(args: argparse.Namespace) -> int:
                 args.containers,
                 args.out,
                 concepts=args.concepts,
+                strength=_strength(args.strengths),
                 strict=not args.no_strict,
                 overwrite=args.overwrite,
             )
@@ -98,6 +110,13 @@ def _bake(args: argparse.Namespace) -> int:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
+
+
+def _strength(strengths: list[float] | None) -> float | list[float]:
+    """``--strength`` given never (1), once (for all), or once per container."""
+    if not strengths:
+        return 1.0
+    return strengths[0] if len(strengths) == 1 else strengths
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+import torch
+
+from .composition import Factors
 from .fit import check_fits
 from .ledger import LOCK, Shutting, existing_ledger, restore, shut
-from .sources import ContainerLike, load_containers, select_concepts
+from .sources import ContainerLike, load_containers, select_concepts, strengths_for
 from .targets import resolve
 from .torch_model import torch_value_reader
 
-if TYPE_CHECKING:
-    import torch
-
 _SERIAL = itertools.count()
+#: Weight dtypes values can scale (spec § 6.5, step 5); others can only be shut.
+SCALABLE_TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class Applied(NamedTuple):
@@ -36,12 +38,14 @@ class Handle:
     """What :func:`apply` did; ``remove()`` undoes it exactly. A context manager.
 
     ``remove()`` may be called any number of times. ``saved_bytes`` is the
-    memory the handle keeps: the base values of the entries it shut (in the
-    weights' dtype), the index sets at about 2 bytes per index, and a bit per
-    index. When the target was a state dict, the handle also holds its
-    tensors until removed, so that ``remove()`` reaches the weights even when
-    the dict was a short-lived copy (``conesrt.apply(unet.state_dict(), ...)``);
-    a module's or pipeline's weights are held weakly, as the model holds them.
+    memory the handle keeps: the base values of the entries it changed (in
+    the weights' dtype), the index sets at about 2 bytes per index, a bit per
+    index, and the containers' values it refers to (not copies: 2 bits per
+    index for q4, 2 bytes for fp16, none for binary). When the target was a
+    state dict, the handle also holds its tensors until removed, so that
+    ``remove()`` reaches the weights even when the dict was a short-lived copy
+    (``conesrt.apply(unet.state_dict(), ...)``); a module's or pipeline's
+    weights are held weakly, as the model holds them.
     """
 
     def __init__(self) -> None:
@@ -89,9 +93,10 @@ def apply(
     containers: ContainerLike | Sequence[ContainerLike],
     *,
     concepts: Iterable[str] | None = None,
+    strength: float | Sequence[float] = 1.0,
     strict: bool = True,
 ) -> Handle:
-    """Shut the concept neurons of ``containers`` in ``target``'s weights, in place.
+    """Shut the concept neurons of ``containers`` in ``target``'s weights, or scale them by their values.
 
     ``target`` is a torch module (a UNet), a diffusers pipeline (its ``.unet``)
     or a state dict of tensors. ``containers`` is one or a list of paths,
@@ -99,6 +104,17 @@ def apply(
     inside multi-concept containers (default: all). The weights stay ordinary
     dense tensors (same objects, any dtype and device): no hooks, no cost at
     inference, and a ``torch.compile``d model sees the change.
+
+    Each entry a concept indexes becomes θ · ξ, θ its base value and ξ the
+    concept's value there (0 for a binary concept: the entry is shut; format
+    1.1 stores others, spec § 6.4). ``strength`` s, one number or one per
+    container, scales a concept's effect: ξ' = s·ξ + (1 − s), so 0 changes
+    nothing, 1 is the concept as stored, a binary concept at 0.5 halves its
+    entries, and A at s with B at 1 − s interpolates two subjects (the
+    paper's appendix C.6). Concepts on one entry compose as the product of
+    their ξ', taken in ascending order, from the saved base values
+    (spec § 6.5), so after any sequence of applies and removes the weights are
+    bit for bit what applying just the active ones gives.
 
     Everything is checked before the first write: a file that is not a valid
     container raises :class:`conesfmt.FormatError`; a model that lacks a layer
@@ -118,26 +134,34 @@ def apply(
         shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
         loaded = load_containers(containers, shapes)  # layer tables checked before any index is decoded
         plan = select_concepts(loaded, concepts)
+        strengths = strengths_for(plan, strength, len(loaded))
         for source, container, _ in plan:
             check_fits(source, container, shapes, torch_value_reader(tensors), strict)
-        work = [
-            (source, name, key, container.indices(name, key))
-            for source, container, names in plan
-            for name in names
-            for key in container.concepts[name].counts
-        ]
-        for _, _, key, _ in work:
+        work = []
+        for (source, container, names), scale in zip(plan, strengths, strict=True):
+            for name in names:
+                concept = container.concepts[name]
+                for key in concept.counts:
+                    indices = container.indices(name, key)
+                    factors = Factors(concept.values.get(key), indices.size, scale)
+                    work.append((source, name, key, indices, factors))
+        for _, _, key, _, factors in work:
             if not tensors[key].is_floating_point():
                 raise TypeError(
                     f"weight {key!r} has dtype {tensors[key].dtype}; only float weights can be shut"
+                )
+            if not factors.shuts and tensors[key].dtype not in SCALABLE_TORCH_DTYPES:
+                raise TypeError(
+                    f"weight {key!r} has dtype {tensors[key].dtype}: its entries can be shut (a binary "
+                    "concept at strength 1) but not scaled (spec § 6.5)"
                 )
         # A module keeps its weights alive; a state dict may be a temporary copy of views.
         hold = (lambda t: lambda: t) if isinstance(target, Mapping) else weakref.ref
         handle = Handle()
         try:
-            for source, name, key, indices in work:
+            for source, name, key, indices, factors in work:
                 tensor = tensors[key]
-                shutting = shut(tensor, key, indices, (source, name), handle)
+                shutting = shut(tensor, key, indices, (source, name), handle, factors)
                 handle._shuttings.append((hold(tensor), key, shutting))
         except BaseException:
             handle.remove()

@@ -1,26 +1,35 @@
-"""Shutting weight entries and restoring them bit-exactly, with overlaps.
+"""Shutting (or scaling) weight entries and restoring them bit-exactly, with overlaps.
 
-The invariant, for every entry ``e`` of a weight with base value ``b``:
+A *shutting* is one concept applied to one weight at one strength: its
+indices and its factors ξ' (:class:`~conesrt.composition.Factors`; for a
+binary concept at strength 1, ξ' = 0: the entries are shut). The invariant,
+for every entry ``e`` of a weight with base value ``b``:
 
 - if no active shutting covers ``e``, its value is ``b``;
-- otherwise its value is +0.0, and exactly one active shutting covering ``e``
-  *owns* it and keeps ``b`` — unless ``b`` is itself +0.0 (all bits zero),
-  in which case nobody needs to.
+- otherwise its value is what spec § 6.5 gives for ``b`` and the factors of
+  the active shuttings that cover it (+0.0 if one of them shuts it), and at
+  most one of them *owns* ``e`` and keeps ``b`` — exactly one unless ``b`` is
+  itself +0.0 (all bits zero), which nobody needs to keep.
 
-Applying a shutting reads the entries first: those whose bits are already
-all zero are shut (or were +0.0 to begin with) and are not owned; the others
-are owned, their values saved, and set to +0.0. Removing a shutting hands each
-entry it owns to another active shutting that covers it, or writes ``b``
-back. So an entry shut by two containers stays shut until both are removed,
-in any order, and every weight is always bit for bit what it would be with
-only the active shuttings applied. No reference counts are stored: a
+Applying a shutting: an entry no other active shutting covers holds its base
+value; if its bits are not all zero the new shutting owns it and saves it.
+Every entry is then recomputed from the base values (saved, or +0.0) and the
+factors of all the shuttings that cover it. Removing a shutting hands each
+entry it owns to another active shutting that covers it, writes the base
+back where none does, and recomputes the rest from the factors still there.
+Since spec § 6.5 makes an entry a function of its base and the multiset of
+factors, every weight is always bit for bit what it would be with only the
+active shuttings applied, in any order. No reference counts are stored: a
 shutting keeps its index set (2 bytes per index, :class:`CompactIndices`), a
-bit per index saying whether it owns it, and the saved values of what it
-owns, in the weight's own dtype and device.
+bit per index saying whether it owns it, the saved values of what it owns (in
+the weight's own dtype and device), and a reference to the container's
+values, never a copy. When every shutting of a weight shuts (binary,
+strength 1), entries another shutting covers read +0.0, so ownership comes
+from the bits alone, as in version 1.0, and nothing is recomputed.
 
 >>> ledger = ledger_for(weight)
->>> shutting = shut(weight, np.array([3, 8, 9]), label="cat")
->>> restore(weight, shutting)
+>>> shutting = shut(weight, key, np.array([3, 8, 9]), ("cat.cones", "cat"), handle, Factors(None, 3, 1.0))
+>>> restore(weight, key, shutting)
 """
 
 from __future__ import annotations
@@ -34,9 +43,12 @@ import numpy as np
 import torch
 
 from .compact import CompactIndices
+from .composition import CANONICAL_NAN_BITS, Factors, factor_rows, product
 
 #: Integer dtypes of the same width, to test a float's bits for +0.0.
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Weight dtypes whose entries values can scale (spec § 6.5, step 5), by their safetensors names.
+_SCALABLE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 
 #: One lock for every ledger: apply and remove are not meant to race.
 LOCK = threading.RLock()
@@ -44,17 +56,20 @@ LOCK = threading.RLock()
 
 @dataclass(eq=False)
 class Shutting:
-    """One concept applied to one weight: what it shuts, owns and saved."""
+    """One concept applied to one weight: what it covers, its factors, what it owns and saved."""
 
     label: tuple[str, str]  # (source, concept)
     handle: object
     indices: CompactIndices
     owned: np.ndarray  # np.packbits of a bool per index
     saved: torch.Tensor  # base values of the owned entries, in index order
+    factors: Factors  # xi' per index (spec § 6.5): the container's values, by reference, and the strength
 
     @property
     def nbytes(self) -> int:
-        return self.indices.nbytes + self.owned.nbytes + self.saved.numel() * self.saved.element_size()
+        """Saved values, compact indices, ownership bits, and the container values it refers to."""
+        saved = self.saved.numel() * self.saved.element_size()
+        return self.indices.nbytes + self.owned.nbytes + saved + self.factors.nbytes
 
     def owned_mask(self) -> np.ndarray:
         return np.unpackbits(self.owned, count=self.indices.size).astype(bool)
@@ -159,18 +174,82 @@ def base_values(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
     with torch.no_grad():
         values = tensor.detach().reshape(-1).index_select(0, index)
     ledger = existing_ledger(tensor)
-    for shutting in ledger.shuttings if ledger else ():
-        owned = shutting.indices.decode()[shutting.owned_mask()]
-        if owned.size == 0:
-            continue
-        where = np.minimum(np.searchsorted(owned, positions), owned.size - 1)
-        hit = owned[where] == positions
-        if hit.any():
-            saved = shutting.saved[torch.from_numpy(where[hit]).to(shutting.saved.device)]
-            values[torch.from_numpy(np.flatnonzero(hit)).to(values.device)] = saved.to(
-                values.device, values.dtype
+    shuttings = ledger.shuttings if ledger else []
+    if shuttings:
+        decoded = [shutting.indices.decode() for shutting in shuttings]
+        covered = _covered(positions, decoded)
+        if covered.any():
+            values[torch.from_numpy(np.flatnonzero(covered)).to(values.device)] = _base_of(
+                positions[covered], shuttings, decoded, values.dtype, values.device
             )
     return values
+
+
+def _match(sorted_values: np.ndarray, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each entry sits in ``sorted_values``, and whether it is there."""
+    if sorted_values.size == 0:
+        return np.zeros(entries.size, np.int64), np.zeros(entries.size, bool)
+    position = np.minimum(np.searchsorted(sorted_values, entries), sorted_values.size - 1)
+    return position, sorted_values[position] == entries
+
+
+def _covered(entries: np.ndarray, decoded: list[np.ndarray]) -> np.ndarray:
+    """Whether any of the index sets ``decoded`` holds each entry."""
+    covered = np.zeros(entries.size, dtype=bool)
+    for indices in decoded:
+        covered |= _match(indices, entries)[1]
+    return covered
+
+
+def _base_of(
+    entries: np.ndarray, shuttings: list[Shutting], decoded: list[np.ndarray], dtype: torch.dtype, device
+) -> torch.Tensor:
+    """Base values of entries that ``shuttings`` (their indices ``decoded``) cover: the owner's
+    saved value, +0.0 where none owns it."""
+    base = torch.zeros(entries.size, dtype=dtype, device=device)
+    if entries.size == 0:
+        return base
+    for shutting, indices in zip(shuttings, decoded, strict=True):
+        position, hit = _match(indices[shutting.owned_mask()], entries)
+        if hit.any():
+            saved = shutting.saved[torch.from_numpy(position[hit]).to(shutting.saved.device)]
+            base[torch.from_numpy(np.flatnonzero(hit)).to(device)] = saved.to(device, dtype)
+    return base
+
+
+def _composed(base: torch.Tensor, xi: np.ndarray, zero: np.ndarray, key: str) -> torch.Tensor:
+    """Spec § 6.5, steps 2 and 4-6, on the device: the new values of entries with these bases.
+
+    ``xi`` and ``zero`` come from :func:`conesrt.composition.product`, which
+    bake uses too; the product with the base is one binary32 (binary64)
+    multiplication and one rounding to the weight's dtype, as in numpy.
+    """
+    device, dtype = base.device, base.dtype
+    keep = (xi == 1) & ~zero
+    scaled = np.flatnonzero(~keep & ~zero)
+    out = base.clone()
+    if scaled.size:
+        if dtype not in _SCALABLE:
+            raise TypeError(
+                f"weight {key!r} has dtype {dtype}: its entries can only be shut (+0.0) or left as they are, "
+                "and these values scale them (spec § 6.5)"
+            )
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        where = torch.from_numpy(scaled).to(device)
+        factors = torch.from_numpy(xi[scaled].astype(np.float64 if wide == torch.float64 else np.float32))
+        values = (base.index_select(0, where).to(wide) * factors.to(device)).to(dtype)
+        nan = torch.isnan(values)
+        if bool(nan.any()):  # one NaN for every device and library (step 6)
+            values.view(_BITS[values.element_size()])[nan] = CANONICAL_NAN_BITS[_SCALABLE[dtype]]
+        out[where] = values
+    if zero.any():
+        out[torch.from_numpy(np.flatnonzero(zero)).to(device)] = 0
+    return out
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    """The same memory as integers of the same width: writes that keep every bit, in any float dtype."""
+    return values.view(_BITS[values.element_size()])
 
 
 def flat(tensor: torch.Tensor, key: str) -> torch.Tensor:
@@ -181,20 +260,52 @@ def flat(tensor: torch.Tensor, key: str) -> torch.Tensor:
 
 
 def shut(
-    tensor: torch.Tensor, key: str, indices: np.ndarray, label: tuple[str, str], handle: object
+    tensor: torch.Tensor,
+    key: str,
+    indices: np.ndarray,
+    label: tuple[str, str],
+    handle: object,
+    factors: Factors | None = None,
 ) -> Shutting:
-    """Shut ``indices`` (sorted int64, validated) of ``tensor`` and record it in its ledger."""
+    """Apply one concept's ``indices`` (sorted int64, validated) and ``factors`` to ``tensor``; record it.
+
+    ``factors`` default: a binary concept at strength 1 (the entries are shut).
+    Everything is computed before the one write, so a failure changes nothing.
+    """
+    factors = factors if factors is not None else Factors(None, indices.size, 1.0)
     ledger = ledger_for(tensor, key)
     weights = flat(tensor, key)
     positions = _as_index(indices, weights.device)
     compact = CompactIndices(indices)
+    others = ledger.shuttings
+    # Entries another shutting covers read +0.0 when every other shutting shuts: the bits tell.
+    only_shut = all(other.factors.shuts for other in others)
     with torch.no_grad():
         values = weights.index_select(0, positions)
-        owned = values.view(_BITS[values.element_size()]) != 0
+        nonzero = values.view(_BITS[values.element_size()]) != 0
+        owned = nonzero.cpu().numpy()
+        covered = None
+        decoded = [] if only_shut and factors.shuts else [other.indices.decode() for other in others]
+        if not only_shut:
+            covered = _covered(indices, decoded)
+            owned &= ~covered
         # The first shutting of a weight owns everything it shuts: no selection needed.
-        saved = values if bool(owned.all()) else values[owned]
-        shutting = Shutting(label, handle, compact, np.packbits(owned.cpu().numpy()), saved)
-        weights.index_fill_(0, positions, 0)  # validated indices: writes all or raises before writing
+        saved = values if bool(owned.all()) else values[torch.from_numpy(owned).to(values.device)]
+        shutting = Shutting(label, handle, compact, np.packbits(owned), saved, factors)
+        if factors.shuts:
+            # +0.0 is all bits zero in every float format; written through the bits, which every
+            # dtype supports (torch has no index_fill_ for float8). Validated indices: all or nothing.
+            _bits(weights).index_fill_(0, positions, 0)
+        else:
+            base = values
+            if covered is not None and covered.any():  # they hold other concepts' values, not the base
+                base = values.clone()
+                base[torch.from_numpy(np.flatnonzero(covered)).to(base.device)] = _base_of(
+                    indices[covered], others, decoded, values.dtype, values.device
+                )
+            covers = [(theirs, other.factors) for theirs, other in zip(decoded, others, strict=True)]
+            xi, zero = product(factor_rows(indices, covers) + [factors.all()])
+            _bits(weights).index_copy_(0, positions, _bits(_composed(base, xi, zero, key)))
     ledger.shuttings.append(shutting)
     return shutting
 
@@ -223,41 +334,62 @@ def restore(tensor: torch.Tensor | None, key: str, shutting: Shutting) -> None:
     if ledger is None or shutting not in ledger.shuttings:
         return
     others = [other for other in ledger.shuttings if other is not shutting]
-    owned = shutting.indices.decode()[shutting.owned_mask()]
+    entries = shutting.indices.decode()
+    mask = shutting.owned_mask()
+    owned = entries[mask]
     values = shutting.saved
-    keep = np.ones(owned.size, dtype=bool)
-    if others and owned.size:
-        cover = _first_cover(owned, others, tensor.numel())
-        for number, other in enumerate(others):
-            hit = cover == number
-            if hit.any():
-                _hand_over(other, owned[hit], values[torch.from_numpy(hit).to(values.device)])
-                keep &= ~hit
     weights = flat(tensor, key)
+    device, dtype = weights.device, weights.dtype
+    writes: list[tuple[np.ndarray, torch.Tensor]] = []
     with torch.no_grad():
-        if keep.all():
-            positions, back = owned, values
-        else:
-            positions, back = owned[keep], values[torch.from_numpy(keep).to(values.device)]
-        weights.index_copy_(
-            0,
-            torch.from_numpy(positions).to(weights.device),
-            back.to(device=weights.device, dtype=weights.dtype),
-        )
+        decoded = [other.indices.decode() for other in others]
+        cover = _first_cover(entries, decoded, tensor.numel()) if others else np.full(entries.size, -1)
+        free = cover < 0
+        # What others still cover is recomputed from its base and their factors, unless one of
+        # them shuts everything it covers: then those entries stay +0.0, as they are.
+        if not free.all() and not all(other.factors.shuts for other in others):
+            still = ~free
+            base = _base_of(entries[still & ~mask], others, decoded, dtype, device)
+            merged = torch.empty(int(still.sum()), dtype=dtype, device=device)
+            mine = mask[still]
+            merged[torch.from_numpy(np.flatnonzero(~mine)).to(device)] = base
+            merged[torch.from_numpy(np.flatnonzero(mine)).to(device)] = values[
+                torch.from_numpy(still[mask]).to(values.device)
+            ].to(device, dtype)
+            covers = [(theirs, other.factors) for theirs, other in zip(decoded, others, strict=True)]
+            xi, zero = product(factor_rows(entries[still], covers))
+            writes.append((entries[still], _composed(merged, xi, zero, key)))
+        # The base goes back where no other shutting covers the entry.
+        back = free[mask]
+        if back.any():
+            writes.append((owned[back], values[torch.from_numpy(back).to(values.device)].to(device, dtype)))
+        unowned = free & ~mask  # base +0.0; a factor may have made them -0.0 or NaN
+        if unowned.any() and not shutting.factors.shuts:
+            writes.append((entries[unowned], torch.zeros(int(unowned.sum()), dtype=dtype, device=device)))
+        # Then hand what this one owned, and others cover, to the first of them.
+        if others and not back.all():
+            owned_cover = cover[mask]
+            for number, other in enumerate(others):
+                hit = owned_cover == number
+                if hit.any():
+                    _hand_over(
+                        other, decoded[number], owned[hit], values[torch.from_numpy(hit).to(values.device)]
+                    )
+        for positions, new in writes:
+            _bits(weights).index_copy_(0, torch.from_numpy(positions).to(device), _bits(new))
     ledger.shuttings.remove(shutting)
 
 
-def _first_cover(entries: np.ndarray, others: list[Shutting], numel: int) -> np.ndarray:
-    """For each entry, the number of the first other shutting that covers it, else -1."""
+def _first_cover(entries: np.ndarray, decoded: list[np.ndarray], numel: int) -> np.ndarray:
+    """For each entry, the number of the first index set of ``decoded`` that holds it, else -1."""
     cover = np.full(entries.size, -1, dtype=np.int64)
-    if numel <= 1 << 28 and len(others) < 1 << 15:
+    if numel <= 1 << 28 and len(decoded) < 1 << 15:
         # A transient table over the layer: one pass per shutting, no sorting.
-        table = np.full(numel, -1, dtype=np.int8 if len(others) < 127 else np.int16)
-        for number in range(len(others) - 1, -1, -1):
-            table[others[number].indices.decode()] = number
+        table = np.full(numel, -1, dtype=np.int8 if len(decoded) < 127 else np.int16)
+        for number in range(len(decoded) - 1, -1, -1):
+            table[decoded[number]] = number
         return table[entries].astype(np.int64)
-    for number, other in enumerate(others):  # huge layers: binary search instead
-        theirs = other.indices.decode()
+    for number, theirs in enumerate(decoded):  # huge layers: binary search instead
         if theirs.size == 0:
             continue
         position = np.minimum(np.searchsorted(theirs, entries), theirs.size - 1)
@@ -266,9 +398,9 @@ def _first_cover(entries: np.ndarray, others: list[Shutting], numel: int) -> np.
     return cover
 
 
-def _hand_over(heir: Shutting, entries: np.ndarray, values: torch.Tensor) -> None:
-    """Make ``heir`` own ``entries`` (which it covers) with their saved base ``values``."""
-    indices = heir.indices.decode()
+def _hand_over(heir: Shutting, indices: np.ndarray, entries: np.ndarray, values: torch.Tensor) -> None:
+    """Make ``heir`` (its indices decoded: ``indices``) own ``entries``, which it covers, with their
+    saved base ``values``."""
     mask = heir.owned_mask()
     old_positions = np.flatnonzero(mask)
     new_positions = np.searchsorted(indices, entries)

@@ -9,8 +9,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 import conesfmt
 
+from .composition import check_strength
 from .fit import check_architecture
 
 ContainerLike = str | os.PathLike[str] | bytes | bytearray | memoryview | conesfmt.Container
@@ -69,3 +72,21 @@ def select_concepts(
         available = sorted({n for _, c in loaded for n in c.concepts})
         raise ValueError(f"no concept {missing[0]!r} in the given containers (they have {available})")
     return plan
+
+
+def strengths_for(
+    plan: list[tuple[str, conesfmt.Container, list[str]]], strength: float | Sequence[float], count: int
+) -> list[np.float32]:
+    """One strength per container of ``plan`` (spec § 6.5): a number for all, or one per container.
+
+    Raises ``ValueError`` for a sequence of another length, or a strength that
+    is not a finite number.
+    """
+    if isinstance(strength, str) or not isinstance(strength, Sequence | np.ndarray):
+        return [check_strength(strength, source) for source, _, _ in plan]
+    strengths = list(strength)
+    if len(strengths) != count:
+        raise ValueError(
+            f"{len(strengths)} strengths for {count} containers: give one number, or one per container"
+        )
+    return [check_strength(s, source) for s, (source, _, _) in zip(strengths, plan, strict=True)]
