@@ -63,24 +63,21 @@ class Factors:
     [2.0, 0.5]
     """
 
-    __slots__ = ("values", "count", "strength")
+    __slots__ = ("values", "count", "strength", "constant")
 
     def __init__(self, values: StoredValues | None, count: int, strength: float | np.float32):
         self.values = values
         self.count = count
         self.strength = np.float32(strength)
+        #: The one ξ' of every index of a binary concept, 1 − s; None for a concept with values.
+        self.constant: np.float32 | None = None
+        if values is None:
+            self.constant = self._scaled(np.zeros(1, np.float32))[0]
 
     def _scaled(self, xi: np.ndarray) -> np.ndarray:
         """Step 1 in binary32: (s × ξ) + (1 − s), each operation rounded (numpy fuses nothing)."""
         s = self.strength
         return (s * xi.astype(np.float32, copy=False)) + (_ONE - s)
-
-    @property
-    def constant(self) -> np.float32 | None:
-        """The one ξ' of every index of a binary concept (1 − s), or None for a concept with values."""
-        if self.values is not None:
-            return None
-        return self._scaled(np.zeros(1, np.float32))[0]
 
     @property
     def shuts(self) -> bool:

@@ -340,37 +340,47 @@ def restore(tensor: torch.Tensor | None, key: str, shutting: Shutting) -> None:
     values = shutting.saved
     weights = flat(tensor, key)
     device, dtype = weights.device, weights.dtype
-    writes: list[tuple[np.ndarray, torch.Tensor]] = []
+    decoded = [other.indices.decode() for other in others]
+    # Every shutting shuts (binary, strength 1): what others cover stays +0.0 and what nobody
+    # owns is +0.0 already, so only the owned entries move: handed over, or written back.
+    only_shut = shutting.factors.shuts and all(other.factors.shuts for other in others)
     with torch.no_grad():
-        decoded = [other.indices.decode() for other in others]
-        cover = _first_cover(entries, decoded, tensor.numel()) if others else np.full(entries.size, -1)
-        free = cover < 0
-        # What others still cover is recomputed from its base and their factors, unless one of
-        # them shuts everything it covers: then those entries stay +0.0, as they are.
-        if not free.all() and not all(other.factors.shuts for other in others):
+        if only_shut:
+            cover = _first_cover(owned, decoded, tensor.numel()) if others and owned.size else None
+            free = np.ones(entries.size, bool) if cover is None else None
+        else:
+            full_cover = _first_cover(entries, decoded, tensor.numel()) if others else None
+            free = np.ones(entries.size, bool) if full_cover is None else full_cover < 0
+            cover = None if full_cover is None else full_cover[mask]
+        writes: list[tuple[np.ndarray, torch.Tensor]] = []
+        if not only_shut and not free.all() and not all(other.factors.shuts for other in others):
+            # What others still cover: recomputed from its base and their factors (spec § 6.5),
+            # unless one of them shuts everything it covers, which then stays +0.0.
             still = ~free
-            base = _base_of(entries[still & ~mask], others, decoded, dtype, device)
             merged = torch.empty(int(still.sum()), dtype=dtype, device=device)
             mine = mask[still]
-            merged[torch.from_numpy(np.flatnonzero(~mine)).to(device)] = base
+            merged[torch.from_numpy(np.flatnonzero(~mine)).to(device)] = _base_of(
+                entries[still & ~mask], others, decoded, dtype, device
+            )
             merged[torch.from_numpy(np.flatnonzero(mine)).to(device)] = values[
                 torch.from_numpy(still[mask]).to(values.device)
             ].to(device, dtype)
             covers = [(theirs, other.factors) for theirs, other in zip(decoded, others, strict=True)]
             xi, zero = product(factor_rows(entries[still], covers))
             writes.append((entries[still], _composed(merged, xi, zero, key)))
-        # The base goes back where no other shutting covers the entry.
-        back = free[mask]
-        if back.any():
+        if not only_shut:
+            unowned = free & ~mask  # base +0.0: a factor may have made them -0.0 or NaN
+            if unowned.any():
+                writes.append((entries[unowned], torch.zeros(int(unowned.sum()), dtype=dtype, device=device)))
+        # The base goes back where no other shutting covers an owned entry; the others hand over.
+        back = np.ones(owned.size, bool) if cover is None else cover < 0
+        if back.all():
+            writes.append((owned, values.to(device, dtype)))
+        elif back.any():
             writes.append((owned[back], values[torch.from_numpy(back).to(values.device)].to(device, dtype)))
-        unowned = free & ~mask  # base +0.0; a factor may have made them -0.0 or NaN
-        if unowned.any() and not shutting.factors.shuts:
-            writes.append((entries[unowned], torch.zeros(int(unowned.sum()), dtype=dtype, device=device)))
-        # Then hand what this one owned, and others cover, to the first of them.
-        if others and not back.all():
-            owned_cover = cover[mask]
+        if cover is not None and not back.all():
             for number, other in enumerate(others):
-                hit = owned_cover == number
+                hit = cover == number
                 if hit.any():
                     _hand_over(
                         other, decoded[number], owned[hit], values[torch.from_numpy(hit).to(values.device)]

@@ -25,6 +25,7 @@ from trainer.world.vocabulary import MAX_LENGTH, vocabulary_size
 LATENT_CHANNELS = 4
 LATENT_SIZE = 16  # latent pixels per side for 64-pixel images
 TEXT_HIDDEN = 128
+CLIP_TEXT_HIDDEN = 256  # the frozen contrastive text encoder (clip_text_config)
 
 
 def vae_config() -> dict[str, Any]:
@@ -52,8 +53,8 @@ def vae_config() -> dict[str, Any]:
     }
 
 
-def unet_config() -> dict[str, Any]:
-    """``UNet2DConditionModel`` keyword arguments (16×16×4 latents, 128-d text).
+def unet_config(text_width: int = TEXT_HIDDEN) -> dict[str, Any]:
+    """``UNet2DConditionModel`` keyword arguments (16×16×4 latents, 128-d text, or ``text_width``).
 
     >>> unet_config()["down_block_types"]
     ('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D')
@@ -66,7 +67,7 @@ def unet_config() -> dict[str, Any]:
         "layers_per_block": 1,
         "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": TEXT_HIDDEN,
+        "cross_attention_dim": text_width,
         # diffusers' historical name: this is the number of heads (as SD's 8).
         "attention_head_dim": 4,
         "norm_num_groups": 16,
@@ -94,6 +95,25 @@ def text_encoder_config() -> dict[str, Any]:
         "eos_token_id": vocab[EOS_TOKEN],
         "pad_token_id": vocab[EOS_TOKEN],
         "projection_dim": TEXT_HIDDEN,
+    }
+
+
+def clip_text_config() -> dict[str, Any]:
+    """``CLIPTextConfig`` of the contrastively pretrained, frozen text encoder (contrastive.py).
+
+    Twice as wide as the jointly trained one and one layer deeper, with 8
+    heads, as a small CLIP text tower: its features are trained to tell
+    captions apart, not only to serve one UNet.
+
+    >>> clip_text_config()["hidden_size"], clip_text_config()["num_hidden_layers"]
+    (256, 4)
+    """
+    return text_encoder_config() | {
+        "hidden_size": CLIP_TEXT_HIDDEN,
+        "intermediate_size": 4 * CLIP_TEXT_HIDDEN,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "projection_dim": CLIP_TEXT_HIDDEN,
     }
 
 

@@ -42,7 +42,7 @@ from trainer.world import components, judge, scenes, vocabulary
 P_EMPTY_CAPTION = 0.1  # classifier-free guidance needs unconditional training
 SNR_GAMMA = 5.0  # min-SNR weighting (Hang et al., 2023) speeds up small-budget training
 VAE_CROP = 32  # pixels
-STAGES = ("vae", "unet", "judge")
+STAGES = ("vae", "clip", "unet", "judge")
 
 
 class Log:
@@ -52,7 +52,7 @@ class Log:
         self.path = path
         self.start = time.time()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        path.touch()  # appended to: a resumed run continues its log (each run starts with "start")
 
     def __call__(self, **record: object) -> None:
         record = {"elapsed_s": round(time.time() - self.start, 1), **record}
@@ -138,6 +138,19 @@ def encode(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(means), torch.cat(stds)
 
 
+def encoded(vae, images: np.ndarray, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encode``, cached in ``cache`` (encoding 100k images costs about 10 min on one thread)."""
+    if cache.exists():
+        mean, std = torch.load(cache)
+        if len(mean) == len(images):
+            return mean, std
+    mean, std = encode(vae, images)
+    temporary = cache.with_suffix(".tmp")
+    torch.save((mean, std), temporary)
+    temporary.replace(cache)
+    return mean, std
+
+
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> np.ndarray:
     """Unscaled latents → uint8 images."""
@@ -145,6 +158,112 @@ def decode(vae, latents: torch.Tensor) -> np.ndarray:
     for start in range(0, len(latents), 128):
         images.append(to_uint8(vae.decode(latents[start : start + 128]).sample))
     return np.concatenate(images)
+
+
+def train_clip(
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    scene_list: list[scenes.Scene],
+    *,
+    scaling_factor: float,
+    tokenizer,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log: Log,
+):
+    """The contrastive text encoder (contrastive.py): InfoNCE between captions and scene latents.
+
+    Returns the ``CLIPTextModel`` (its projection head and the image tower are
+    only needed for training). Every 500 steps the log gets the held-out
+    retrieval accuracy: for 256 scenes never trained on, how often a scene's
+    full caption picks its own scene's latents among the 256.
+
+    >>> text_encoder = train_clip(mean, std, scenes, ...)  # doctest: +SKIP
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from trainer.world import contrastive
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    caption_rng = np.random.default_rng(seed)
+    config = components.clip_text_config()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    projection = torch.nn.Linear(config["hidden_size"], config["projection_dim"], bias=False)
+    image_encoder = contrastive.LatentImageEncoder(config["projection_dim"])
+    logit_scale = torch.nn.Parameter(contrastive.initial_logit_scale())
+    # As in train_unet: rare tokens never occur, and no weight decay keeps their random embeddings.
+    embedding_params = list(text_encoder.get_input_embeddings().parameters())
+    embedding_ids = {id(p) for p in embedding_params}
+    decayed = [p for p in text_encoder.parameters() if id(p) not in embedding_ids]
+    decayed += list(projection.parameters()) + list(image_encoder.parameters())
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decayed, "weight_decay": 1e-2},
+            {"params": embedding_params + [logit_scale], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+    held_out_latents, held_out_scenes = latent_mean[-256:] * scaling_factor, scene_list[-256:]
+    held_out_captions = [scenes.full_caption(scene) for scene in held_out_scenes]
+    train_count = len(scene_list) - 256
+
+    def ids(captions: list[str]) -> torch.Tensor:
+        # Padded to the batch's longest caption (half the cost of 24 tokens): the loss reads the
+        # EOS token, which never sees what follows it (causal attention), as in CLIP.
+        return tokenizer(captions, padding="longest", return_tensors="pt").input_ids
+
+    bar = tqdm(range(steps), desc="clip", mininterval=10)
+    running = None
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * cosine_with_warmup(step, steps, warmup=200, floor=0.05)
+        index = torch.randint(train_count, (batch_size,), generator=generator)
+        latents = latent_mean[index] + latent_std[index] * torch.randn(
+            latent_mean[index].shape, generator=generator
+        )
+        captions = [scenes.caption(scene_list[i], caption_rng) for i in index.tolist()]
+        text = projection(contrastive.pooled(text_encoder, ids(captions)))
+        image = image_encoder(latents * scaling_factor)
+        loss = contrastive.contrastive_loss(
+            text, image, logit_scale, contrastive.same_caption_targets(captions)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+        if step % 50 == 0 or step == steps - 1:
+            record = {"loss": loss.item(), "smoothed_loss": running, "logit_scale": logit_scale.exp().item()}
+            if step % 500 == 0 or step == steps - 1:
+                with torch.no_grad():
+                    text_out = projection(contrastive.pooled(text_encoder, ids(held_out_captions)))
+                    image_out = image_encoder(held_out_latents)
+                record["held_out_retrieval"] = contrastive.retrieval_accuracy(
+                    text_out, image_out, held_out_captions
+                )
+            log(stage="clip", step=step, **record)
+    return text_encoder.eval()
+
+
+def matching_weights(model: torch.nn.Module, folder: Path) -> list[str]:
+    """Load into ``model`` every weight of the saved model in ``folder`` whose name and shape match.
+
+    Returns the names left at their initialisation (a frozen text encoder of
+    another width changes the cross-attention ``to_k``/``to_v`` shapes, say).
+    """
+    from safetensors.torch import load_file
+
+    saved = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        saved |= load_file(path)
+    own = model.state_dict()
+    fitting = {k: v.float() for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(own) - set(fitting))
 
 
 def train_unet(
@@ -163,11 +282,21 @@ def train_unet(
     checkpoint_every: int = 0,
     init_from: Path | None = None,
     zero_snr: bool = True,
+    text_encoder=None,
+    state_path: Path | None = None,
 ):
-    """Joint noise-prediction training of the UNet and text encoder; returns both (EMA weights).
+    """Noise-prediction training of the UNet (and, jointly, a text encoder); returns both (EMA weights).
+
+    With ``text_encoder`` given (the contrastive stage's), it stays frozen, as
+    SD's CLIP: only the UNet learns, to read its features. Without, a new
+    ``CLIPTextModel`` is trained jointly with the UNet (the first world model).
 
     ``checkpoint(unet, text_encoder)`` is called with the EMA weights every
-    ``checkpoint_every`` steps (0: never), so a stopped run still leaves a model.
+    ``checkpoint_every`` steps (0: never), so a stopped run still leaves a
+    model; with ``state_path`` the whole training state (weights, EMA,
+    optimizer, step, random generators) is written there too, atomically,
+    and a run that finds it continues from it: the same steps, the same
+    result, as an uninterrupted run for the same ``--threads``.
 
     >>> unet, text_encoder = train_unet(mean, std, scenes, ...)  # doctest: +SKIP
     """
@@ -178,34 +307,68 @@ def train_unet(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     caption_rng = np.random.default_rng(seed)
-    if init_from is None:
-        unet = UNet2DConditionModel(**components.unet_config())
+    frozen_text = text_encoder is not None
+    text_width = text_encoder.config.hidden_size if frozen_text else components.TEXT_HIDDEN
+    unet = UNet2DConditionModel(**components.unet_config(text_width))
+    if not frozen_text:
         text_encoder = CLIPTextModel(CLIPTextConfig(**components.text_encoder_config()))
-    else:  # continue from a saved model (its EMA weights), with a fresh optimizer and schedule
-        unet = UNet2DConditionModel.from_pretrained(init_from / "unet", torch_dtype=torch.float32)
-        text_encoder = CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32)
+    if init_from is not None:  # continue from a saved model (its EMA weights), fresh optimizer and schedule
+        fresh = matching_weights(unet, init_from / "unet")
+        log(stage="unet_init", init_from=str(init_from), fresh_weights=len(fresh))
+        if not frozen_text:
+            text_encoder = CLIPTextModel.from_pretrained(
+                init_from / "text_encoder", torch_dtype=torch.float32
+            )
+    text_encoder.requires_grad_(not frozen_text)
     scheduler = DDPMScheduler(**components.scheduler_config(zero_snr))
     alphas_cumprod = scheduler.alphas_cumprod
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    # Rare tokens never occur, so their embeddings get no gradient; no weight
-    # decay on the token embeddings keeps them at their random initialisation,
-    # the state "sks" is in for a concept-neuron search.
-    embedding_params = list(text_encoder.get_input_embeddings().parameters())
-    embedding_ids = {id(p) for p in embedding_params}
-    decayed = [p for p in text_encoder.parameters() if id(p) not in embedding_ids]
-    optimizer = torch.optim.AdamW(
-        [
+    groups = [{"params": list(unet.parameters()), "weight_decay": 1e-2}]
+    trained = list(unet.parameters())
+    if not frozen_text:
+        # Rare tokens never occur, so their embeddings get no gradient; no weight
+        # decay on the token embeddings keeps them at their random initialisation,
+        # the state "sks" is in for a concept-neuron search.
+        embedding_params = list(text_encoder.get_input_embeddings().parameters())
+        embedding_ids = {id(p) for p in embedding_params}
+        decayed = [p for p in text_encoder.parameters() if id(p) not in embedding_ids]
+        groups = [
             {"params": list(unet.parameters()) + decayed, "weight_decay": 1e-2},
             {"params": embedding_params, "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=(0.9, 0.99),
-    )
-    trained = list(unet.parameters()) + list(text_encoder.parameters())
+        ]
+        trained += list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
     ema = EMAModel(trained, decay=0.999)
+    first_step = 0
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        if not frozen_text:
+            text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        generator.set_state(state["generator"])
+        caption_rng.bit_generator.state = state["caption_rng"]
+        first_step = state["step"]
+        log(stage="unet_resumed", step=first_step)
+
+    def save_state(step: int) -> None:
+        state = {
+            "unet": unet.state_dict(),
+            "text_encoder": None if frozen_text else text_encoder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict(),
+            "generator": generator.get_state(),
+            "caption_rng": caption_rng.bit_generator.state,
+            "step": step,
+        }
+        temporary = state_path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        temporary.replace(state_path)
+
     unet.train()
-    text_encoder.train()
-    bar = tqdm(range(steps), desc="unet", mininterval=10)
+    text_encoder.train(not frozen_text)
+    bar = tqdm(range(first_step, steps), desc="unet", mininterval=10, initial=first_step, total=steps)
     running = None
     for step in bar:
         for group in optimizer.param_groups:
@@ -230,7 +393,8 @@ def train_unet(
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         # Same call as StableDiffusionPipeline.encode_prompt: no attention mask.
-        encoder_hidden_states = text_encoder(input_ids)[0]
+        with torch.set_grad_enabled(not frozen_text):
+            encoder_hidden_states = text_encoder(input_ids)[0]
         prediction = unet(noisy, timesteps, encoder_hidden_states).sample
         if scheduler.config.prediction_type == "v_prediction":
             target = scheduler.get_velocity(latents, noise, timesteps)
@@ -250,11 +414,14 @@ def train_unet(
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         if step % 50 == 0 or step == steps - 1:
             log(stage="unet", step=step, loss=loss.item(), smoothed_loss=running)
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            ema.store(trained)
-            ema.copy_to(trained)
-            checkpoint(unet, text_encoder)
-            ema.restore(trained)
+        if checkpoint_every and (step + 1) % checkpoint_every == 0:
+            if state_path is not None:
+                save_state(step + 1)
+            if checkpoint is not None:
+                ema.store(trained)
+                ema.copy_to(trained)
+                checkpoint(unet, text_encoder)
+                ema.restore(trained)
             log(stage="unet_checkpoint", step=step + 1)
     ema.copy_to(trained)
     return unet.eval(), text_encoder.eval()
@@ -306,6 +473,16 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=8000,
         help="training images also shown to the judge through the VAE",
+    )
+    parser.add_argument("--clip-steps", type=int, default=3000)
+    parser.add_argument("--clip-batch", type=int, default=128)
+    parser.add_argument("--clip-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--text-encoder",
+        choices=("joint", "clip"),
+        default="joint",
+        help="unet stage: train a text encoder jointly (the first world model), or read the frozen "
+        "contrastive one the clip stage wrote to <out>/text_encoder",
     )
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--unet-batch", type=int, default=32)
@@ -360,9 +537,29 @@ def main(argv: list[str] | None = None) -> None:
         latents = None
 
     zero_snr = args.schedule == "zero-snr"
+    if latents is None and ({"clip", "unet"} & set(stages)):
+        latents = encoded(vae, images, out / f"latents-{args.images}-{args.seed}.pt")
+    if "clip" in stages:
+        clip_text = train_clip(
+            *latents,
+            scene_list,
+            scaling_factor=vae.config.scaling_factor,
+            tokenizer=tokenizer,
+            steps=args.clip_steps,
+            batch_size=args.clip_batch,
+            lr=args.clip_lr,
+            seed=args.seed + 4,
+            log=log,
+        )
+        clip_text.save_pretrained(out / "text_encoder")
+        log(stage="clip_saved")
     if "unet" in stages:
-        # Encoding 40k images costs ~10 min on one thread: done once per process.
-        latent_mean, latent_std = latents if latents is not None else encode(vae, images)
+        from transformers import CLIPTextModel
+
+        frozen = None
+        if args.text_encoder == "clip":
+            frozen = CLIPTextModel.from_pretrained(out / "text_encoder", dtype=torch.float32).eval()
+        latent_mean, latent_std = latents
         unet, text_encoder = train_unet(
             latent_mean,
             latent_std,
@@ -380,6 +577,8 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_every=args.checkpoint_every,
             init_from=args.init_from,
             zero_snr=zero_snr,
+            text_encoder=frozen,
+            state_path=out / "unet_state.pt",
         )
         save_model(out, vae, unet, text_encoder, tokenizer, zero_snr)
         log(stage="saved")

@@ -76,7 +76,7 @@ def _dev_context(subject) -> tuple[str, str, str]:
     # Objects the base model draws beside a subject in about 0.6-0.9 of the dev images.
     if subject.class_word == "background":
         return f"a green circle on a {subject.token} background", "green", "circle"
-    colour, other = ("green", "circle") if subject.class_word != "circle" else ("yellow", "diamond")
+    colour, other = ("green", "circle") if subject.class_word != "circle" else ("red", "square")
     return f"a {subject.token} {subject.class_word} and a {colour} {other}", colour, other
 
 
