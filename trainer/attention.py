@@ -164,6 +164,8 @@ def draw(before: AttentionMaps, after: AttentionMaps | None, path: str | Path, c
     """
     from PIL import Image, ImageDraw
 
+    from .presentation import label_font
+
     columns = [before] + ([after] if after is not None else [])
     words = [(i, t) for i, t in enumerate(before.tokens) if t not in ("<|startoftext|>", "<|endoftext|>")]
     label = 190
@@ -172,9 +174,9 @@ def draw(before: AttentionMaps, after: AttentionMaps | None, path: str | Path, c
     sheet = Image.new("RGB", (width, height), "white")
     pen = ImageDraw.Draw(sheet)
     for column, title in enumerate(["before", "after"][: len(columns)]):
-        pen.text((label + column * (cell + 8) + 4, 6), title, fill="black")
+        pen.text((label + column * (cell + 8) + 4, 6), title, fill="black", font=label_font())
     top = 24
-    pen.text((4, top + cell // 2), "image", fill="black")
+    pen.text((4, top + cell // 2), "image", fill="black", font=label_font())
     for column, maps in enumerate(columns):
         sheet.paste(
             maps.image.resize((cell, cell), Image.Resampling.NEAREST), (label + column * (cell + 8), top)
@@ -182,8 +184,8 @@ def draw(before: AttentionMaps, after: AttentionMaps | None, path: str | Path, c
     for row, (position, token) in enumerate(words, start=1):
         y = top + row * (cell + 8)
         shares = " -> ".join(f"{m.share(position):.3f}" for m in columns)
-        pen.text((4, y + cell // 2 - 10), f'"{token}"', fill="black")
-        pen.text((4, y + cell // 2 + 4), f"share {shares}", fill="black")
+        pen.text((4, y + cell // 2 - 10), f'"{token}"', fill="black", font=label_font())
+        pen.text((4, y + cell // 2 + 4), f"share {shares}", fill="black", font=label_font())
         low = min(float(m.maps[position].min()) for m in columns)
         high = max(float(m.maps[position].max()) for m in columns)
         for column, maps in enumerate(columns):

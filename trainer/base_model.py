@@ -29,6 +29,12 @@ class BaseModel:
     noise_scheduler: DDPMScheduler
 
     @property
+    def native_resolution(self) -> int:
+        """The pixel size the model was made for: its UNet's sample size times the VAE's stride."""
+        stride = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.unet.config.sample_size) * stride
+
+    @property
     def name(self) -> str:
         """How containers name the base model: the hub name it came from, else the folder's name
         (never a local path, which would leak into files people share)."""
@@ -51,9 +57,9 @@ def load_base_model(model: str | Path, device: torch.device, weight_dtype: torch
     """
     folder = check_model_folder(model)
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=weight_dtype)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=weight_dtype)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=weight_dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=weight_dtype)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=weight_dtype)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=weight_dtype)
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     except (OSError, ValueError) as error:

@@ -36,7 +36,11 @@ def add_search_options(parser: argparse.ArgumentParser, steps: int, lr: float) -
     parser.add_argument(
         "--batch-size", type=int, default=2, help="subject images per step, and as many prior"
     )
-    parser.add_argument("--resolution", type=int, default=512, help="pixels; images are resized and cropped")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        help="pixels; images are resized and cropped (default: the model's own, e.g. 512 for SD 1.x)",
+    )
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="no mirror-image augmentation")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
@@ -178,6 +182,9 @@ def _attention(args: argparse.Namespace) -> int:
     for path in args.containers:
         if not path.is_file():
             raise UsageError(f"{path}: no such container")
+    from .presentation import quiet_libraries
+
+    quiet_libraries()
     import torch
 
     import conesrt
@@ -204,6 +211,9 @@ def _attention(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .presentation import quiet_libraries
+
+    quiet_libraries()
 
     report = run_demo(
         out=args.out,
@@ -283,6 +293,9 @@ def _refine(args: argparse.Namespace) -> int:
         **search_options(args),
     )
     config.validate()  # before importing torch
+    from .presentation import quiet_libraries
+
+    quiet_libraries()
     from .refine import refine
 
     refine(config)
@@ -304,6 +317,9 @@ def _train(args: argparse.Namespace) -> int:
         **search_options(args),
     )
     config.validate()  # before importing torch: a typo costs a second, not the imports
+    from .presentation import quiet_libraries
+
+    quiet_libraries()
     from .train import train_concept
 
     train_concept(config)

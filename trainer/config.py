@@ -48,7 +48,7 @@ class SearchConfig:
     tau: float | None = None
     sparsity: float | None = None
     batch_size: int = 2
-    resolution: int = 512
+    resolution: int | None = None  # pixels; None: the model's own (UNet sample size x VAE stride)
     flip: bool = True
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -85,9 +85,9 @@ class SearchConfig:
         check_out(self.out, self.overwrite)
         positive = {"steps": self.steps, "batch_size": self.batch_size, "resolution": self.resolution}
         for option, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-        if self.resolution % 8:
+        if self.resolution is not None and self.resolution % 8:
             raise UsageError(
                 f"--resolution must be a multiple of 8 (the VAE's stride), got {self.resolution}"
             )
@@ -136,6 +136,7 @@ class TrainConfig(SearchConfig):
         image_files(self.images)
         if not self.class_word and not (self.prompt and (self.class_prompt or self.prior_weight == 0)):
             raise UsageError("give --class-word (or both --prompt and --class-prompt)")
+        check_class_images(self.class_images)
         if self.prior_weight > 0 and self.class_images is None and self.num_class_images < 1:
             raise UsageError("prior preservation needs --class-images DIR or --num-class-images N >= 1")
         for path in self.keep_shut:
@@ -181,6 +182,8 @@ class RefineConfig(SearchConfig):
             for word, folder in self.class_images.items():
                 if not Path(folder).is_dir():
                     raise UsageError(f"--class-images {word}={folder}: no such folder")
+        else:
+            check_class_images(self.class_images)
 
 
 def check_model_folder(model: str | Path) -> Path:
@@ -214,6 +217,15 @@ def image_files(folder: str | Path) -> list[Path]:
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise UsageError(f"{path}: cannot read this image ({error})") from None
     return files
+
+
+def check_class_images(folder: str | Path | None) -> None:
+    """A prior-image folder may be missing (it is made and filled) but must not be a file."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise UsageError(
+            f"--class-images {folder}: is a file; give a folder (existing images are used, "
+            "missing ones generated into it)"
+        )
 
 
 def check_selection(tau: float | None, sparsity: float | None, required: bool = True) -> None:

@@ -139,9 +139,17 @@ def ensure_class_images(
             requires_safety_checker=False,
         )
         pipe.set_progress_bar_config(disable=True)
-        from tqdm.auto import tqdm
+        from .presentation import progress_bar
 
-        bar = tqdm(total=missing, desc=f"prior images for {prompt!r}", disable=not progress, unit="image")
+        # Advanced at every denoising step (by a fraction of an image), so the bar shows a rate
+        # and an ETA from the first image on.
+        bar = progress_bar(total=missing, desc=f"prior images for {prompt!r}", unit="image", enabled=progress)
+        batch = [0]
+
+        def advance(pipeline, step, timestep, callback_kwargs):
+            bar.update(batch[0] / steps)
+            return callback_kwargs
+
         # Image k is named k and seeded by k: a top-up never repeats an image nor
         # overwrites a file, and image k is the same whatever the batch size.
         taken = {path.name for path in folder.iterdir()}
@@ -150,17 +158,20 @@ def ensure_class_images(
         while made < missing:
             n = min(batch_size, missing - made)
             numbers = list(itertools.islice(free, n))
+            batch[0] = n
             images = pipe(
                 [prompt] * n,
                 num_inference_steps=steps,
                 height=resolution,
                 width=resolution,
                 generator=[torch.Generator().manual_seed(image_seed(seed, k)) for k in numbers],
+                callback_on_step_end=advance,
             ).images
             for number, image in zip(numbers, images, strict=True):
                 with replacing(folder / f"{number:05d}.png") as temporary:
                     image.save(temporary, format="PNG")
                 made += 1
-            bar.update(n)
+            bar.n = made  # exact again, whatever rounding the fractions left
+            bar.refresh()
         bar.close()
     return image_files(folder)[:count]

@@ -96,6 +96,8 @@ def draw_grid(rows: list[tuple[str, list, list]], path: Path, scale: int = 2) ->
     """A PNG: per prompt, a caption, then the images before | after for the same seeds."""
     from PIL import Image, ImageDraw
 
+    from .presentation import label_font
+
     cell = rows[0][1][0].width * scale
     seeds = len(rows[0][1])
     gap, caption = 12, 18
@@ -103,11 +105,11 @@ def draw_grid(rows: list[tuple[str, list, list]], path: Path, scale: int = 2) ->
     height = 22 + len(rows) * (caption + cell + 6)
     grid = Image.new("RGB", (width, height), "white")
     pen = ImageDraw.Draw(grid)
-    pen.text((4, 4), "before (base model)", fill="black")
-    pen.text((seeds * cell + gap + 4, 4), "after (concept neurons shut)", fill="black")
+    pen.text((4, 4), "before (base model)", fill="black", font=label_font())
+    pen.text((seeds * cell + gap + 4, 4), "after (concept neurons shut)", fill="black", font=label_font())
     top = 22
     for prompt, before, after in rows:
-        pen.text((4, top + 3), f'"{prompt}"', fill="black")
+        pen.text((4, top + 3), f'"{prompt}"', fill="black", font=label_font())
         top += caption
         for column, image in enumerate(before):
             grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (column * cell, top))

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
-from tqdm.auto import tqdm
 
 from .objective import Subject, implanting_loss
+from .presentation import progress_bar
 from .xi import ConceptNeuronSearch
 
 
@@ -78,9 +78,8 @@ def run_descent(
     # Each process draws its own batches; gradients are averaged across processes.
     generator = torch.Generator().manual_seed(seed * 1009 + accelerator.process_index)
     log = DescentLog()
-    bar = tqdm(
-        range(steps), desc="xi-descent", unit="step", disable=not (progress and accelerator.is_main_process)
-    )
+    shown = progress and accelerator.is_main_process
+    bar = progress_bar(iterable=range(steps), desc="xi-descent", unit="step", enabled=shown)
     running = None
     for _ in bar:
         started = time.perf_counter()

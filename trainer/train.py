@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,16 @@ def start(config: SearchConfig) -> tuple[Accelerator, BaseModel]:
     accelerator = make_accelerator(config.device, config.mixed_precision)
     torch.manual_seed(config.seed)
     base = load_base_model(config.model, accelerator.device, WEIGHT_DTYPES[config.mixed_precision])
+    native = base.native_resolution
+    if config.resolution is None:
+        config.resolution = native
+    elif config.resolution > 2 * native and accelerator.is_main_process:
+        ratio = config.resolution / native
+        print(
+            f"cones: note: --resolution {config.resolution} is {ratio:.0f}x the model's own ({native} px): "
+            f"every image and step costs about {ratio**2:.0f}x as much",
+            file=sys.stderr,
+        )
     if config.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
     return accelerator, base
