@@ -1,10 +1,13 @@
-"""Container size and decode speed on the SD 1.x cross-attention K/V table (issue #2).
+"""Container size and decode speed on the SD 1.x cross-attention K/V table (issues #2 and #13).
 
     taskset -c 0 python bench/format_size.py     # one CPU core, as the figures in docs/ were taken
 
 Random masks (a uniformly random k-subset of all 19,169,280 entries, which is
 what the floor log2 C(N, k) assumes) at the paper's four densities, then
-structured masks of the kinds real training produces. Prints markdown tables.
+structured masks of the kinds real training produces, then values on the
+neurons (format 1.1, spec § 6.4): q4, fp16 and fp32 against the binary file
+of the same mask, with issue 13's bounds (q4 at most 2 bits per entry + 1 KB
+over binary, fp16 at most 16 bits per entry + 1 KB). Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ def main() -> None:
             f"{1e3 * decode_s:.1f} | {k / decode_s / 1e6:.0f} M |"
         )
 
+    values_table(rng, layers, fingerprint, numel, args.repeat)
+
     print("\n## Structured masks (where real training shuts whole rows or columns)\n")
     print("| mask | shut k | container bytes | random-subset floor | ratio to floor |")
     print("|---|---|---|---|---|")
@@ -124,6 +129,72 @@ def main() -> None:
         k = container.concepts["subject"].total
         floor = floor_bytes(numel, k)
         print(f"| {label} | {k:,} | {len(data):,} | {floor:,.0f} | {len(data) / floor:.3f} |")
+
+
+#: Issue 13's storage bounds: extra bits per entry over the binary file, plus this many bytes.
+VALUE_BOUNDS = {"q4": 2, "fp16": 16, "fp32": 32}
+BOUND_SLACK_BYTES = 1024
+
+
+def values_table(rng, layers, fingerprint, numel: int, repeat: int) -> None:
+    """The same 1.32 % mask as binary and with values of each kind: bytes over binary, decode time."""
+    k = round(PAPER[0][0] * numel)
+    flat = np.sort(rng.choice(numel, size=k, replace=False))
+    binary = container_for(flat, layers, fingerprint)
+    binary_bytes = len(binary.to_bytes())
+    concept = binary.concepts["subject"]
+    learned = {key: rng.normal(0.6, 0.2, count) for key, count in concept.counts.items()}
+    worst_fp16 = {}
+    for key, count in concept.counts.items():  # uniformly random finite binary16 bit patterns
+        patterns = rng.integers(0, 1 << 16, count, dtype=np.uint64).astype(np.uint16)
+        patterns[(patterns & 0x7C00) == 0x7C00] &= 0xBFFF  # clear an exponent bit: finite
+        worst_fp16[key] = patterns.view(np.float16)
+    cases = {
+        "q4, uniformly random codes (the worst case)": (
+            "q4",
+            {
+                key: conesfmt.Q4(rng.normal(0.6, 0.2, 4), rng.integers(0, 4, n))
+                for key, n in concept.counts.items()
+            },
+        ),
+        "q4, N(0.6, 0.2) values quantised (quantize_q4)": ("q4", learned),
+        "fp16, uniformly random finite bit patterns (the worst case)": ("fp16", worst_fp16),
+        "fp16, N(0.6, 0.2) values": ("fp16", learned),
+        "fp32, N(0.6, 0.2) values": ("fp32", learned),
+    }
+    print(f"\n## Values on the neurons (format 1.1), random mask at 1.32 % ({k:,} entries)\n")
+    print(f"Binary container of this mask: {binary_bytes:,} bytes (format 1.0).\n")
+    print(
+        "| values | container bytes | over binary | bits per entry over binary | bound | within | decode ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, (kind, values) in cases.items():
+        valued = conesfmt.Container(
+            layers,
+            {
+                "subject": conesfmt.Concept(
+                    concept.indices, dict(concept.metadata), values=values, value_kind=kind
+                )
+            },
+            fingerprint,
+            dict(binary.metadata),
+        )
+        data = valued.to_bytes()
+        over = len(data) - binary_bytes
+        bound = VALUE_BOUNDS[kind] * k / 8 + BOUND_SLACK_BYTES
+        decoded, decode_s = timed(lambda data=data: decode_values(data, layers), repeat)
+        assert decoded == k
+        print(
+            f"| {label} | {len(data):,} | {over:,} | {8 * over / k:.3f} | "
+            f"{VALUE_BOUNDS[kind]} bits + 1 KB = {bound:,.0f} | {'yes' if over <= bound else 'NO'} | "
+            f"{1e3 * decode_s:.1f} |"
+        )
+
+
+def decode_values(data: bytes, layers) -> int:
+    """Validate everything and expand every value to float32: the values' full decoding cost."""
+    container = conesfmt.Container.from_bytes(data)
+    return sum(container.values("subject", key).size for key in layers)
 
 
 def _rows(rng, shape, fraction):

@@ -187,3 +187,22 @@ def test_merge_keeps_values_and_inspect_shows_them(tmp_path: Path) -> None:
     fixed = len(Container(LAYERS, metadata=merged.metadata).to_bytes())  # preamble, LAYR, META, CEND
     per_concept = sum(c["index_bytes"] + c["values_bytes"] for c in summary["concepts"])
     assert summary["bytes"] == fixed + per_concept
+
+
+def test_values_cost_at_most_their_bits_per_entry_and_a_kilobyte() -> None:
+    """Issue 13's storage bound (bench/format_size.py measures it on SD 1.x): incompressible values,
+    q4 at most 2 bits per entry + 1 KB over the binary file, fp16 at most 16 bits per entry + 1 KB."""
+    rng = np.random.default_rng(3)
+    layers = {f"down.{n}.attn2.to_{kv}.weight": (320, 768) for n in range(8) for kv in "kv"}
+    indices = {key: np.flatnonzero(rng.random(320 * 768) < 0.0132) for key in layers}
+    count = sum(v.size for v in indices.values())
+    binary = len(Container(layers, {"s": indices}).to_bytes())
+    q4 = {key: Q4([0.1, 0.5, 0.9, 1.3], rng.integers(0, 4, v.size)) for key, v in indices.items()}
+    fp16 = {}
+    for key, v in indices.items():
+        bits = rng.integers(0, 1 << 16, v.size).astype(np.uint16)
+        bits[(bits & 0x7C00) == 0x7C00] &= 0xBFFF  # finite
+        fp16[key] = bits.view(np.float16)
+    for values, bits_per_entry in ((q4, 2), (fp16, 16)):
+        valued = len(Container(layers, {"s": Concept(indices, values=values)}).to_bytes())
+        assert valued - binary <= bits_per_entry * count / 8 + 1024, (valued - binary, count)
