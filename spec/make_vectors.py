@@ -1108,17 +1108,25 @@ def build() -> dict[Path, bytes]:
         files[VECTORS / "valid" / f"{name}.json"] = (
             json.dumps(to_json(decoded), indent=1, ensure_ascii=False) + "\n"
         ).encode("utf-8")
-        valid_manifest[name] = {"canonical": canonical}
+        valid_manifest[name] = {
+            "canonical": canonical,
+            "minor": _VALUES_MINOR if name.startswith("values-") else 0,
+        }
     invalid_manifest = {}
     for name, (data, rule, reason, error) in invalid_vectors().items():
         files[VECTORS / "invalid" / f"{name}.cones"] = data
         invalid_manifest[name] = {"rule": rule, "reason": reason, "error_contains": error}
+        invalid_manifest[name]["minor"] = _VALUES_MINOR if name.startswith("values-") else 0
     meta = {"zstd_version": zstandard.ZSTD_VERSION}
     files[VECTORS / "valid" / "manifest.json"] = _json({"generated_with": meta, "vectors": valid_manifest})
     files[VECTORS / "invalid" / "manifest.json"] = _json(
         {"generated_with": meta, "vectors": invalid_manifest}
     )
     return files
+
+
+#: The minor version whose rules a vector tests (spec § 11): values arrived in 1.1.
+_VALUES_MINOR = 1
 
 
 def _json(document: object) -> bytes:

@@ -79,3 +79,39 @@ def test_every_valid_vector_reads_in_the_1_0_reader_as_the_same_indices(tmp_path
             concept.pop("values", None)
         assert decoded == expected, name
     assert valued >= 5
+
+
+_VERDICTS = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import conesfmt
+verdicts = {}
+for path in sorted(Path(sys.argv[2]).glob("*.cones")):
+    try:
+        conesfmt.Container.from_bytes(path.read_bytes())
+        verdicts[path.stem] = "accepted"
+    except conesfmt.FormatError:
+        verdicts[path.stem] = "rejected"
+print(json.dumps(verdicts))
+"""
+
+
+def test_the_1_0_reader_rejects_the_invalid_vectors_of_minor_0_and_accepts_those_of_minor_1(
+    tmp_path: Path,
+) -> None:
+    """Spec § 11: to a 1.0 reader (spec 1.0.1, with the index limit) vals is an unknown optional section."""
+    folder = reader_1_0.extract(tmp_path, reader_1_0.COMMIT_1_0_1)
+    result = subprocess.run(
+        [sys.executable, "-c", _VERDICTS, str(folder), str(VECTORS / "invalid")],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdicts = json.loads(result.stdout)
+    expected = {
+        name: "accepted" if info["minor"] == 1 else "rejected" for name, info in INVALID["vectors"].items()
+    }
+    assert verdicts == expected
+    assert sum(info["minor"] == 1 for info in INVALID["vectors"].values()) == 13
