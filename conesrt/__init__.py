@@ -3,6 +3,8 @@
 >>> import conesrt
 >>> with conesrt.apply(pipe, ["cat.cones", "lake.cones"]):
 ...     image = pipe("a sks cat by a zwx lake").images[0]
+>>> with conesrt.apply(pipe, ["cat.cones", "lake.cones"], strength=[0.7, 0.3]):
+...     image = pipe("a sks cat by a zwx lake").images[0]  # turned down; values per spec § 6.5
 
 ``apply``, ``active``, ``fingerprint`` and ``layer_table`` need torch;
 ``bake`` (write a safetensors file with the concept neurons shut) needs only
