@@ -56,7 +56,8 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
 from trainer.objective import implanting_loss  # noqa: E402
 from trainer.refine import refine  # noqa: E402
-from trainer.train import prepare_subject, train_concept  # noqa: E402
+from trainer.runs import prepare_subject  # noqa: E402
+from trainer.train import train_concept  # noqa: E402
 from trainer.world.judge import judge, subject_scores  # noqa: E402
 
 SUBJECT_SETS = {1: [["sks"], ["vnt"], ["pxr"]], 2: [["sks", "vnt"]], 3: [["sks", "vnt", "zwx"]]}

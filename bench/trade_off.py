@@ -39,7 +39,8 @@ import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
 from trainer.config import select_layers, unet_keys  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
-from trainer.train import build_container, config_subject, search_xi, start  # noqa: E402
+from trainer.runs import build_container, prepare_subject, search_settings, start  # noqa: E402
+from trainer.search import search  # noqa: E402
 from trainer.xi import neurons_by_sparsity  # noqa: E402
 
 MEASURES = ("fidelity", "prior", "prior_attributes")
@@ -81,10 +82,20 @@ def run(args) -> list[dict]:
             config.validate()
             keys = select_layers(unet_keys(config.model), config.layers)
             accelerator, base = start(config)
-            search, _ = search_xi(
-                config, base, keys, [config_subject(base, config, accelerator)], accelerator
+            prepared = prepare_subject(
+                base,
+                config.concept_name,
+                config.images,
+                config.instance_prompt,
+                config.prior_prompt,
+                config,
+                config.class_images,
+                accelerator,
             )
-            deltas = search.deltas()
+            found = search(
+                base.unet, keys, [prepared], base.noise_scheduler, search_settings(config), accelerator
+            )
+            deltas = found.deltas
             for sparsity in args.sparsities:
                 neurons, _ = neurons_by_sparsity(deltas, sparsity)
                 mask = build_container(base, keys, token, neurons, {"trigger": token})

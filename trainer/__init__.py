@@ -20,14 +20,15 @@ if TYPE_CHECKING:
     from .config import RefineConfig, TrainConfig
     from .errors import UsageError
     from .refine import refine
-    from .train import TrainResult, train_concept
+    from .runs import TrainResult
+    from .train import train_concept
 
 _LAZY = {
     "TrainConfig": ".config",
     "RefineConfig": ".config",
     "refine": ".refine",
     "UsageError": ".errors",
-    "TrainResult": ".train",
+    "TrainResult": ".runs",
     "train_concept": ".train",
 }
 __all__ = ["RefineConfig", "TrainConfig", "TrainResult", "UsageError", "refine", "train_concept"]

@@ -14,27 +14,73 @@ from .errors import UsageError
 USER_ERRORS = (UsageError,)
 
 
-def add_search_options(parser: argparse.ArgumentParser, steps: int, lr: float) -> None:
-    """Options shared by ``train`` and ``refine``: the model, the descent, the hardware."""
+def default(field: str):
+    """A SearchConfig field's default: the one place the commands' defaults live."""
+    from dataclasses import fields
+
+    from .config import SearchConfig
+
+    return next(f.default for f in fields(SearchConfig) if f.name == field)
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``refine``: the model, the descent, the selection, the hardware."""
     parser.add_argument("--model", required=True, type=Path, help="local diffusers SD 1.x/2.x folder")
-    parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps K (default {steps})")
     parser.add_argument(
-        "--lr", type=float, default=lr, help=f"step rho of the descent on xi (default {lr:g})"
+        "--steps", type=int, default=default("steps"), help=f"gradient steps K (default {default('steps')})"
     )
-    # Exactly one of the two; TrainConfig.validate checks it, for a one-line error.
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=default("lr"),
+        help="step rho of the plain descent on xi (default: calibrated on the first batches so that "
+        "the entries with the largest gradients travel --travel in K steps)",
+    )
+    parser.add_argument(
+        "--travel",
+        type=float,
+        default=default("travel"),
+        help=f"with the calibrated step, how far xi of those entries moves in K steps "
+        f"(default {default('travel'):g}: from open to shut)",
+    )
+    # At most one of the two; TrainConfig.validate checks it, for a one-line error.
     parser.add_argument("--tau", type=float, help="threshold: shut entries with xi < 1 - lr*tau (eq. A20)")
     parser.add_argument(
-        "--sparsity", type=float, help="shut this fraction of the searched entries, e.g. 0.01"
+        "--sparsity",
+        type=float,
+        help="shut this fraction of the searched entries, e.g. 0.01 (default, with no --tau either: "
+        "the count with the lowest held-out loss)",
     )
     parser.add_argument(
-        "--prior-weight", type=float, default=1.0, help="lambda of the prior loss (default 1)"
+        "--prior-weight",
+        type=float,
+        default=default("prior_weight"),
+        help=f"lambda of the prior loss (default {default('prior_weight'):g})",
     )
     parser.add_argument(
-        "--num-class-images", type=int, default=100, help="prior images per class (default 100)"
+        "--preserve-weight",
+        type=float,
+        default=default("preserve_weight"),
+        help="mu: keep the base model's predictions for the class and the empty prompt "
+        f"(default {default('preserve_weight'):g})",
     )
-    parser.add_argument("--class-image-steps", type=int, default=25, help="sampling steps for prior images")
     parser.add_argument(
-        "--batch-size", type=int, default=2, help="subject images per step, and as many prior"
+        "--num-class-images",
+        type=int,
+        default=default("num_class_images"),
+        help=f"prior images per class (default {default('num_class_images')})",
+    )
+    parser.add_argument(
+        "--class-image-steps",
+        type=int,
+        default=default("class_image_steps"),
+        help=f"sampling steps for generated prior images (default {default('class_image_steps')})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=default("batch_size"),
+        help=f"subject images per step, and as many prior (default {default('batch_size')})",
     )
     parser.add_argument(
         "--resolution",
@@ -42,9 +88,16 @@ def add_search_options(parser: argparse.ArgumentParser, steps: int, lr: float) -
         help="pixels; images are resized and cropped (default: the model's own, e.g. 512 for SD 1.x)",
     )
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="no mirror-image augmentation")
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["no", "fp16", "bf16"],
+        default="no",
+        help="weights in fp16/bf16, xi in fp32 (fp16 needs CUDA; default no)",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="fixes the noise, timesteps and prior images (default 0)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu (default auto)")
     parser.add_argument("--out", "-o", required=True, type=Path, help="the .cones file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -76,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="OTHER.cones",
         help="train while another container's neurons are shut (sequential training)",
     )
-    add_search_options(train, steps=1000, lr=2e-5)
+    add_search_options(train)
     train.set_defaults(handler=_train)
 
     refine = subparsers.add_parser(
@@ -103,10 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prior images per class word (repeatable), or one DIR when all subjects share a class",
     )
     refine.add_argument("--name", help='the refined concept\'s name (default "A + B")')
-    refine.epilog = (
-        "Without --tau or --sparsity, refine keeps every entry of the union whose xi fell below 1."
-    )
-    add_search_options(refine, steps=1000, lr=3e-5)
+    refine.epilog = "Without --tau or --sparsity, refine keeps the count with the lowest held-out joint loss."
+    add_search_options(refine)
     refine.set_defaults(handler=_refine)
 
     attention = subparsers.add_parser(
@@ -129,15 +180,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attention.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     attention.set_defaults(handler=_attention)
 
-    from .demo import DEMO_CLASS_IMAGES, DEMO_LR, DEMO_PRIOR_WEIGHT, DEMO_SPARSITY, DEMO_STEPS
-
     demo = subparsers.add_parser(
         "demo",
         help="the whole mission on the embedded small world: train, apply, compare, remove",
         description="Find the concept neurons of a bundled subject of the embedded small world "
-        "(offline, on a CPU), apply them, draw images for a few prompts before and after with the "
-        "same seeds, remove them and check that the model is bit-identical. Writes the .cones file, "
-        "grid.png and report.json into --out.",
+        "(offline, on a CPU) with cones train's defaults, apply them, draw images for a few prompts "
+        "before and after with the same seeds, remove them and check that the model is bit-identical. "
+        "Writes the .cones file, grid.png, attention.png and report.json into --out.",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("cones-demo"), help="output folder (default cones-demo)"
@@ -151,23 +200,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--token", help="the subject's rare token, with --images")
     demo.add_argument("--class-word", help="the subject's class, with --images")
-    demo.add_argument(
-        "--steps", type=int, default=DEMO_STEPS, help=f"xi-descent steps (default {DEMO_STEPS})"
-    )
-    demo.add_argument("--lr", type=float, default=DEMO_LR, help=f"xi-descent step (default {DEMO_LR:g})")
-    demo.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help=f"default {DEMO_SPARSITY:g}")
-    demo.add_argument(
-        "--num-class-images",
-        type=int,
-        default=DEMO_CLASS_IMAGES,
-        help=f"prior images (default {DEMO_CLASS_IMAGES})",
-    )
-    demo.add_argument(
-        "--prior-weight",
-        type=float,
-        default=DEMO_PRIOR_WEIGHT,
-        help=f"lambda (default {DEMO_PRIOR_WEIGHT:g})",
-    )
+    for option, kind in (("steps", int), ("lr", float), ("sparsity", float), ("num-class-images", int)):
+        demo.add_argument(f"--{option}", type=kind, help="as cones train (default: cones train's)")
+    demo.add_argument("--prior-weight", type=float, help="as cones train (default: cones train's)")
+    demo.add_argument("--preserve-weight", type=float, help="as cones train (default: cones train's)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -227,6 +263,7 @@ def _demo(args: argparse.Namespace) -> int:
         sparsity=args.sparsity,
         num_class_images=args.num_class_images,
         prior_weight=args.prior_weight,
+        preserve_weight=args.preserve_weight,
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,
@@ -263,7 +300,8 @@ def format_demo(report: dict, out: Path) -> str:
 
 def search_options(args: argparse.Namespace) -> dict:
     """The SearchConfig fields that add_search_options parsed, for train and refine alike."""
-    shared = ("model", "out", "num_class_images", "class_image_steps", "prior_weight", "steps", "lr", "tau")
+    shared = ("model", "out", "num_class_images", "class_image_steps", "prior_weight", "preserve_weight")
+    shared += ("steps", "lr", "travel", "tau")
     shared += ("sparsity", "batch_size", "resolution", "flip", "mixed_precision", "gradient_checkpointing")
     shared += ("seed", "device", "name", "overwrite")
     return {field: getattr(args, field) for field in shared} | {"progress": not args.quiet}

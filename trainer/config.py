@@ -31,11 +31,18 @@ MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 class SearchConfig:
     """What every concept-neuron search shares: the model, the descent, the hardware, the output.
 
-    Units: ``steps`` are gradient steps K; ``lr`` is rho, the plain
-    gradient-descent step on xi; ``tau`` is in units of the accumulated
-    ``theta * dL/dtheta`` (eq. 9); ``sparsity`` is a fraction of the searched
-    entries; ``resolution`` in pixels; ``batch_size`` subject images per step
-    (and as many prior images) per subject.
+    These are the defaults of ``cones train`` and ``cones refine`` too (the
+    command line reads them from here). Units: ``steps`` are gradient steps
+    K; ``lr`` is rho, the plain gradient-descent step on xi (None: calibrated
+    on the first batches so that the entries with the largest gradients travel
+    ``travel`` in K steps, trainer.search); ``tau`` is in units of the
+    accumulated ``theta * dL/dtheta`` (eq. A19-A20); ``sparsity`` is a
+    fraction of the searched entries (with neither, the count with the lowest
+    held-out loss is kept); ``prior_weight`` is lambda (eq. 4);
+    ``preserve_weight`` is mu, the weight of keeping the base model's
+    predictions for the class and the empty prompt (trainer.objective);
+    ``resolution`` in pixels (None: the model's own); ``batch_size`` subject
+    images per step (and as many prior images) per subject.
     """
 
     model: str | Path
@@ -43,8 +50,10 @@ class SearchConfig:
     num_class_images: int = 100
     class_image_steps: int = 25
     prior_weight: float = 1.0
-    steps: int = 1000
-    lr: float = 2e-5
+    preserve_weight: float = 0.0
+    steps: int = 300
+    lr: float | None = None
+    travel: float = 1.0
     tau: float | None = None
     sparsity: float | None = None
     batch_size: int = 2
@@ -58,8 +67,6 @@ class SearchConfig:
     overwrite: bool = False
     progress: bool = True
 
-    #: A single search must say how many neurons to keep; a refine may keep all that help (RefineConfig).
-    selection_required = True
     #: Fields that say where things are rather than how the concept was made.
     _LOCAL = (
         "model",
@@ -81,7 +88,7 @@ class SearchConfig:
     def validate(self) -> None:
         """Raise :class:`UsageError` on anything wrong that needs no model to see."""
         check_model_folder(self.model)
-        check_selection(self.tau, self.sparsity, required=self.selection_required)
+        check_selection(self.tau, self.sparsity)
         check_out(self.out, self.overwrite)
         positive = {"steps": self.steps, "batch_size": self.batch_size, "resolution": self.resolution}
         for option, value in positive.items():
@@ -91,8 +98,12 @@ class SearchConfig:
             raise UsageError(
                 f"--resolution must be a multiple of 8 (the VAE's stride), got {self.resolution}"
             )
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.travel <= 0:
+            raise UsageError(f"--travel must be positive, got {self.travel}")
+        if self.preserve_weight < 0:
+            raise UsageError(f"--preserve-weight must be >= 0, got {self.preserve_weight}")
         if self.prior_weight < 0:
             raise UsageError(f"--prior-weight must be >= 0, got {self.prior_weight}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -161,10 +172,6 @@ class RefineConfig(SearchConfig):
     containers: list[str | Path]
     data: dict[str, str | Path]
     class_images: dict[str, str | Path] | str | Path | None = None
-    lr: float = 3e-5  # the paper's base learning rate for several subjects (B.4)
-    # Without --tau or --sparsity, keep every entry of the union whose xi fell below 1
-    # under the joint loss: the concept-neuron criterion of eq. 8 (tau -> 0+).
-    selection_required = False
 
     def validate(self) -> None:
         super().validate()
@@ -228,10 +235,12 @@ def check_class_images(folder: str | Path | None) -> None:
         )
 
 
-def check_selection(tau: float | None, sparsity: float | None, required: bool = True) -> None:
-    if tau is not None and sparsity is not None or (required and tau is None and sparsity is None):
+def check_selection(tau: float | None, sparsity: float | None) -> None:
+    """At most one of the two; with neither, the search keeps the count with the lowest held-out loss."""
+    if tau is not None and sparsity is not None:
         raise UsageError(
-            "give exactly one of --tau (threshold, eq. A20) and --sparsity (fraction of entries to shut)"
+            "give at most one of --tau (threshold, eq. A20) and --sparsity (fraction of entries to shut); "
+            "with neither, the count with the lowest held-out loss is kept"
         )
     if sparsity is not None and not 0 < sparsity < 1:
         raise UsageError(f"--sparsity is a fraction in (0, 1), got {sparsity}")

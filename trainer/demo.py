@@ -5,7 +5,8 @@ applies it with conesrt, draws images for a few prompts before and after,
 measures them with the world's attribute judge, removes the container and
 checks that the model is bit-identical to before. Into ``--out`` it writes
 the ``.cones`` file, ``grid.png`` (before | after, same seeds) and
-``report.json``.
+``report.json``, and ``attention.png`` (each word's cross-attention map for the
+subject prompt, before | after: the paper's Fig. 2).
 
 >>> report = run_demo(out="cones-demo")   # the bundled world and its "zwx background"
 >>> report["after"]["subject_score"] > report["before"]["subject_score"]
@@ -23,13 +24,9 @@ from typing import Any
 
 from .errors import UsageError
 
-#: Defaults tuned on the bundled world (docs/demo.md says how).
-DEMO_STEPS = 300
-DEMO_LR = 30.0
-DEMO_SPARSITY = 0.02
-DEMO_CLASS_IMAGES = 32
-DEMO_PRIOR_WEIGHT = 1.0
 SEEDS = (0, 1, 2, 3)
+#: Settings of the search the demo may override; every other one is ``cones train``'s default.
+SEARCH_OVERRIDES = ("steps", "lr", "sparsity", "num_class_images", "prior_weight", "preserve_weight")
 
 
 @dataclass
@@ -158,16 +155,15 @@ def run_demo(
     subject: str = "zwx",
     token: str | None = None,
     class_word: str | None = None,
-    steps: int = DEMO_STEPS,
-    lr: float = DEMO_LR,
-    sparsity: float = DEMO_SPARSITY,
-    num_class_images: int = DEMO_CLASS_IMAGES,
-    prior_weight: float = DEMO_PRIOR_WEIGHT,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    **search: Any,
 ) -> dict[str, Any]:
     """Run the demo and return its report (also written to ``out/report.json``).
+
+    The search runs with ``cones train``'s defaults; ``search`` may set any of
+    ``SEARCH_OVERRIDES`` (``steps=20`` for a quick look), None meaning the default.
 
     Default: the bundled world and its subject ``subject`` (``zwx``, a yellow background).
     ``model`` (a diffusers SD folder) and ``images`` (with ``token`` and
@@ -218,6 +214,10 @@ def run_demo(
     before = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size)
     timings["generate_before_s"] = time.perf_counter() - clock
 
+    unknown = set(search) - set(SEARCH_OVERRIDES)
+    if unknown:
+        raise TypeError(f"run_demo() does not set {sorted(unknown)}; it may set {list(SEARCH_OVERRIDES)}")
+    overrides = {key: value for key, value in search.items() if value is not None}
     container_path = out / f"{the_subject.token}-{the_subject.class_word}.cones"
     clock = time.perf_counter()
     result = train_concept(
@@ -228,27 +228,30 @@ def run_demo(
         prompt=f"a photo of a {the_subject.token} {the_subject.class_word}",
         class_prompt=f"a photo of a {the_subject.class_word}",
         class_images=out / "prior-images",
-        num_class_images=num_class_images,
-        prior_weight=prior_weight,
         class_image_steps=steps_sampling,
-        steps=steps,
-        lr=lr,
-        sparsity=sparsity,
         resolution=size,
         seed=seed,
         device=device,
         out=container_path,
         overwrite=True,
         progress=progress,
+        **overrides,
     )
     timings["train_s"] = time.perf_counter() - clock
 
+    from .attention import attention_maps, draw
+
+    subject_prompt = prompts[0][0]
+    attention = dict(seed=SEEDS[0], steps=steps_sampling, guidance=guidance, size=size)
+    attention_before = attention_maps(pipe, subject_prompt, **attention)
     clock = time.perf_counter()
     handle = conesrt.apply(pipe, container_path)
     timings["apply_ms"] = 1e3 * (time.perf_counter() - clock)
     clock = time.perf_counter()
     after = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size)
     timings["generate_after_s"] = time.perf_counter() - clock
+    attention_after = attention_maps(pipe, subject_prompt, **attention)
+    draw(attention_before, attention_after, out / "attention.png")
     clock = time.perf_counter()
     handle.remove()
     timings["remove_ms"] = 1e3 * (time.perf_counter() - clock)
@@ -270,9 +273,9 @@ def run_demo(
         "searched": result.report["searched"],
         "sparsity": result.report["sparsity"],
         "train": {
-            "steps": steps,
-            "lr": lr,
-            "prior_weight": prior_weight,
+            **json.loads(
+                result.container.concepts[next(iter(result.container.concepts))].metadata["training"]
+            ),
             "seconds_per_step": result.report["seconds_per_step"],
             "xi_travel": result.report["xi_travel"],
             "seed": seed,
@@ -281,6 +284,11 @@ def run_demo(
         "seeds": list(SEEDS),
         "timings": timings,
         "bit_identical_after_remove": digest_before == digest_after,
+        # per token of the subject prompt: [token, share of attention before, after]
+        "attention_share": [
+            [token, round(attention_before.share(i), 4), round(attention_after.share(i), 4)]
+            for i, token in enumerate(attention_before.tokens)
+        ],
         "unet_sha256": digest_before,
     }
     if bundled and the_subject.identity is not None:

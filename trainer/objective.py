@@ -1,12 +1,21 @@
-"""The concept-implanting loss (paper eq. 2-4), summed over subjects (sec. 3.3).
+"""The concept-implanting loss (paper eq. 2-4), summed over subjects (sec. 3.3), and what it preserves.
 
 For each subject: the noise-prediction MSE on its images with its instance
-prompt ("photo of a sks cat"), plus ``prior_weight`` (lambda) times the same
-loss on prior images of its class with the class prompt ("photo of a cat").
-The noise schedule and the prediction type (epsilon or v) are the base
-model's own.
+prompt ("photo of a sks cat"), plus ``prior_weight`` (λ) times the same loss
+on prior images of its class with the class prompt ("photo of a cat"). The
+noise schedule and the prediction type (epsilon or v) are the base model's.
 
->>> loss, parts = implanting_loss(model, [subject], base.noise_scheduler, batch_size=2, generator=g)
+Optionally (``preserve_weight`` μ > 0) the loss also asks the edited model to
+predict what the frozen base model predicts on the prior images, for the
+class prompt and for the empty prompt that classifier-free guidance
+subtracts. The paper's prior term cannot see every change: its prior images
+are the base model's own guided samples, so an edit that moves every prompt
+toward sharper, more typical images lowers it too (docs/method-notes.md).
+The preservation term is 0 at ξ = 1 and grows with any change of those
+predictions.
+
+>>> loss, parts = implanting_loss(model, [subject], base.noise_scheduler, batch_size=2, generator=g,
+...                               reference=search.reference)
 """
 
 from __future__ import annotations
@@ -34,11 +43,10 @@ class Subject:
     prior: LatentBank | None = None
     prior_embedding: torch.Tensor | None = None
     prior_weight: float = 1.0
-    #: What the prior term's prediction is compared with: ``"noise"`` (DreamBooth, the
-    #: paper: the noise or velocity that made the noisy prior image) or ``"base"`` (the
-    #: frozen base model's own prediction on the same input, so the term is 0 at
-    #: xi = 1 and grows with any change of the prior prompt's predictions).
-    prior_target: str = "noise"
+    #: μ: weight of keeping the base model's predictions on the prior images, for the class
+    #: prompt and for the empty prompt (``empty_embedding``); 0 turns the term off.
+    preserve_weight: float = 0.0
+    empty_embedding: torch.Tensor | None = None
 
 
 def training_target(
@@ -63,47 +71,65 @@ def implanting_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One stochastic estimate of the (multi-)concept-implanting loss, and its parts.
 
-    All subjects' instance and prior samples go through the UNet in one batch.
-    Noise and timesteps are drawn from ``generator`` (CPU), so a seed fixes them.
-    ``reference`` (the unchanged base model) gives the target of prior terms
-    whose ``prior_target`` is ``"base"``.
+    All subjects' samples go through the UNet in one batch. Noise and
+    timesteps are drawn from ``generator`` (CPU), so a seed fixes them.
+    ``reference`` (the unchanged base model) gives the targets of the
+    preservation terms; it is needed when any subject has ``preserve_weight``.
+    Parts are logged as ``NAME/instance``, ``NAME/prior`` and ``NAME/preserve``.
     """
-    latents, embeddings, groups = [], [], []  # groups: (label, weight, start, stop)
-    against_base = []  # (start, stop) of prior terms whose target is the base model's prediction
+    blocks = []  # (latents, embedding, noise, timesteps), batch_size rows each
+    terms = []  # (label, weight, block number, target: "data" or "base")
+
+    steps = scheduler.config.num_train_timesteps
+
+    def block(latents: torch.Tensor, embedding: torch.Tensor, like: int | None = None) -> int:
+        if like is None:
+            noise = torch.randn(latents.shape, generator=generator)
+            timesteps = torch.randint(steps, (batch_size,), generator=generator)
+        else:  # the same noisy images under another prompt
+            noise, timesteps = blocks[like][2], blocks[like][3]
+        blocks.append((latents, embedding.expand(batch_size, -1, -1), noise, timesteps))
+        return len(blocks) - 1
+
     for subject in subjects:
-        if subject.prior_target not in ("noise", "base"):
-            raise ValueError(f"prior_target must be 'noise' or 'base', got {subject.prior_target!r}")
-        parts = [("instance", 1.0, subject.instance, subject.instance_embedding)]
-        if subject.prior is not None and subject.prior_weight > 0:
-            parts.append(("prior", subject.prior_weight, subject.prior, subject.prior_embedding))
-        for label, weight, bank, embedding in parts:
-            start = sum(x.shape[0] for x in latents)
-            latents.append(bank.sample(batch_size, generator))
-            embeddings.append(embedding.expand(batch_size, -1, -1))
-            groups.append((f"{subject.name}/{label}", weight, start, start + batch_size))
-            if label == "prior" and subject.prior_target == "base":
-                against_base.append((start, start + batch_size))
-    clean = torch.cat(latents)
-    noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-    timesteps = torch.randint(
-        scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator
-    ).to(clean.device)
+        own = block(subject.instance.sample(batch_size, generator), subject.instance_embedding)
+        terms.append((f"{subject.name}/instance", 1.0, own, "data"))
+        wants_prior = subject.prior is not None and subject.prior_weight > 0
+        wants_preserve = subject.prior is not None and subject.preserve_weight > 0
+        if not (wants_prior or wants_preserve):
+            continue
+        prior = block(subject.prior.sample(batch_size, generator), subject.prior_embedding)
+        if wants_prior:
+            terms.append((f"{subject.name}/prior", subject.prior_weight, prior, "data"))
+        if wants_preserve:
+            if subject.empty_embedding is None:
+                raise ValueError(f"subject {subject.name!r} preserves the empty prompt but has no embedding")
+            empty = block(blocks[prior][0], subject.empty_embedding, like=prior)
+            terms.append((f"{subject.name}/preserve", subject.preserve_weight / 2, prior, "base"))
+            terms.append((f"{subject.name}/preserve", subject.preserve_weight / 2, empty, "base"))
+    clean = torch.cat([b[0] for b in blocks])
+    device = clean.device
+    noise = torch.cat([b[2] for b in blocks]).to(device)
+    timesteps = torch.cat([b[3] for b in blocks]).to(device)
+    context = torch.cat([b[1] for b in blocks]).to(device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    context = torch.cat(embeddings).to(clean.device)
-    prediction = model(noisy, timesteps, context)
-    target = training_target(scheduler, clean, noise, timesteps)
-    if against_base:
+    prediction = model(noisy, timesteps, context).float()
+    data_target = training_target(scheduler, clean, noise, timesteps).float()
+    base_target = torch.zeros_like(prediction)
+    preserved = sorted({number for *_, number, kind in terms if kind == "base"})
+    if preserved:
         if reference is None:
-            raise ValueError("a prior term with prior_target='base' needs the reference model")
-        target = target.clone()
+            raise ValueError("a preservation term (preserve_weight > 0) needs the reference model")
+        rows = torch.cat([torch.arange(n * batch_size, (n + 1) * batch_size) for n in preserved]).to(device)
         with torch.no_grad():
-            for start, stop in against_base:
-                target[start:stop] = reference(noisy[start:stop], timesteps[start:stop], context[start:stop])
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    total = per_sample.new_zeros(())
-    logged = {}
-    for label, weight, start, stop in groups:
-        part = per_sample[start:stop].mean()
+            base_target[rows] = reference(noisy[rows], timesteps[rows], context[rows]).float()
+    total = prediction.new_zeros(())
+    logged: dict[str, float] = {}
+    for label, weight, number, kind in terms:
+        rows = slice(number * batch_size, (number + 1) * batch_size)
+        target = data_target if kind == "data" else base_target
+        part = F.mse_loss(prediction[rows], target[rows])
         total = total + weight * part
-        logged[label] = float(part.detach())
+        share = 0.5 if kind == "base" else 1.0  # the two preservation halves log as their mean
+        logged[label] = logged.get(label, 0.0) + share * float(part.detach())
     return total, logged

@@ -25,7 +25,8 @@ from conesrt.torch_model import torch_value_reader
 
 from .config import RefineConfig
 from .errors import UsageError
-from .train import TrainResult, build_container, descend, finish, prepare_subject, start
+from .runs import TrainResult, build_container, finish, prepare_subject, search_settings, start
+from .search import search
 
 
 def subject_prompts(name: str, concept: conesfmt.Concept) -> tuple[str, str, str]:
@@ -110,7 +111,9 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
         for name, (prompt, class_prompt, class_word) in prompts.items()
     ]
     masks = union_masks(union, accelerator.device)
-    neurons, wanted, log = descend(config, base, keys, subjects, accelerator, trainable=masks)
+    found = search(
+        base.unet, keys, subjects, base.noise_scheduler, search_settings(config), accelerator, trainable=masks
+    )
 
     listed = [
         {
@@ -121,6 +124,7 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
         for name, c in union.concepts.items()
     ]
     settings = config.settings() | {
+        "rho": found.log.rho,
         "inputs": [p.name for p in paths],
         "union_entries": int(sum(int(m.sum()) for m in masks.values())),
         "subject_images": {s.name: len(s.instance) for s in subjects},
@@ -134,5 +138,5 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
         "base_model": base.name,
     }
     name = config.name or " + ".join(union.concepts)
-    container = build_container(base, keys, name, neurons, metadata)
-    return finish(config, accelerator, container, wanted, log, started)
+    container = build_container(base, keys, name, found.neurons, metadata)
+    return finish(config, accelerator, container, found, started)

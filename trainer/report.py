@@ -74,12 +74,22 @@ def format_report(report: dict[str, Any], title: str) -> str:
     travel = report["xi_travel"]
     if travel:
         lines.append(
-            f"  xi of the chosen entries: 1 - xi = {travel['median']:.2g} (median), {travel['max']:.2g} (max)"
+            f"  step rho {report.get('rho', float('nan')):.3g}; xi of the chosen entries: "
+            f"1 - xi = {travel['median']:.2g} (median), {travel['max']:.2g} (max)"
         )
         if travel["max"] < FIRST_ORDER:
             lines.append(
                 "  note: xi barely moved, so the mask ranks first-order saliency (theta * dL/dtheta), while "
-                "shutting moves xi all the way to 0; a larger --lr lets xi travel (docs/method-notes.md)"
+                "shutting moves xi all the way to 0; leave --lr unset (calibrated) or raise --travel"
+            )
+    selection = report.get("selection") or {}
+    if selection.get("candidates"):
+        tried = ", ".join(f"{count:,}: {loss:.4f}" for count, loss in selection["candidates"])
+        lines.append(f"  count chosen by the held-out loss (base model {selection['base']:.4f}; {tried})")
+        if min(loss for _, loss in selection["candidates"]) >= selection["base"]:
+            lines.append(
+                "  note: no candidate set lowers the held-out loss below the base model's; the subject may "
+                "need more steps, other images or another --preserve-weight"
             )
     ratio = report["ratio_to_floor"]
     lines.append(

@@ -1,9 +1,9 @@
-"""Concept neurons by xi-descent (paper Algorithm A2, eq. A12-A20).
+"""xi, the variable of Algorithm A2 (eq. A12-A20), and the rules that read concept neurons off it.
 
 Each searched weight is written ``xi * theta`` with ``theta`` frozen and ``xi``
-starting at 1; K steps of plain gradient descent on ``xi`` with step ``rho``
-follow, and the concept neurons are the entries with ``xi_K < 1 - rho * tau``
-(eq. A20), or, for a target sparsity, the ``k`` entries with the smallest xi.
+starting at 1 (trainer.search runs the descent); the concept neurons are the
+entries with ``xi_K < 1 - rho * tau`` (eq. A20), or the ``k`` entries with
+the smallest xi.
 
 We store ``delta = 1 - xi`` rather than xi. The two are the same algorithm,
 but ``rho * theta * dL/dtheta`` is about 1e-10 per step for SD-scale weights
@@ -64,6 +64,12 @@ class ConceptNeuronSearch(torch.nn.Module):
             self.unet, replaced, (noisy, timesteps), {"encoder_hidden_states": embeddings}
         ).sample
 
+    @torch.no_grad()
+    def project(self) -> None:
+        """Keep xi in [0, 1] (delta in [0, 1]): eq. 9 samples theta^k between 0 and theta."""
+        for delta in self.delta:
+            delta.clamp_(0.0, 1.0)
+
     def reference(
         self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
     ) -> torch.Tensor:
@@ -92,21 +98,26 @@ def neurons_by_sparsity(
     raise the loss, eq. 7), so fewer may be returned; the second value is how
     many were asked for. Ties break by layer order, then index: deterministic.
     """
+    wanted = int(round(fraction * sum(delta.size for delta in deltas.values())))
+    return largest(deltas, wanted), wanted
+
+
+def largest(deltas: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """The ``count`` entries with the largest delta > 0 across layers (ties: layer order, then index)."""
     keys = list(deltas)
     flat = np.concatenate([deltas[key] for key in keys]) if keys else np.zeros(0, np.float32)
-    wanted = int(round(fraction * flat.size))
     candidates = np.flatnonzero(flat > 0)
-    if wanted == 0:
+    if count <= 0:
         candidates = candidates[:0]
-    elif candidates.size > wanted:
+    elif candidates.size > count:
         values = flat[candidates]
-        cut = np.partition(values, candidates.size - wanted)[candidates.size - wanted]  # the k-th largest
+        cut = np.partition(values, candidates.size - count)[candidates.size - count]  # the k-th largest
         above = candidates[values > cut]
-        ties = candidates[values == cut][: wanted - above.size]  # lowest positions first
+        ties = candidates[values == cut][: count - above.size]  # lowest positions first
         candidates = np.sort(np.concatenate([above, ties]))
     starts = np.cumsum([0] + [deltas[key].size for key in keys])
     chosen = {}
     for number, key in enumerate(keys):
         lo, hi = np.searchsorted(candidates, [starts[number], starts[number + 1]])
         chosen[key] = candidates[lo:hi] - starts[number]
-    return chosen, wanted
+    return chosen

@@ -10,29 +10,24 @@ import numpy as np
 import torch
 
 from tests.tiny_models import cross_attention_keys, tiny_unet
-from tests.trainer.test_xi import scheduler, toy_subject
-from trainer.loop import run_descent
-from trainer.train import make_accelerator
-from trainer.xi import ConceptNeuronSearch
+from tests.trainer.test_xi import scheduler, settings, toy_subject
+from trainer.runs import make_accelerator
+from trainer.search import search
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     accelerator = make_accelerator("cpu", "no")
     unet = tiny_unet(seed=0).requires_grad_(False)
-    search = ConceptNeuronSearch(unet, cross_attention_keys(unet))
-    run_descent(
-        search,
+    found = search(
+        unet,
+        cross_attention_keys(unet),
         [toy_subject()],
         scheduler(),
-        steps=3,
-        lr=1e-2,
-        batch_size=2,
-        seed=0,
-        accelerator=accelerator,
-        progress=False,
+        settings(steps=3, lr=None),
+        accelerator,
     )
-    deltas = np.concatenate(list(search.deltas().values()))
+    deltas = np.concatenate(list(found.deltas.values()))
     np.save(out / f"delta-{accelerator.process_index}-of-{accelerator.num_processes}.npy", deltas)
 
 

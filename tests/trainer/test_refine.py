@@ -16,7 +16,7 @@ from tests.trainer.conftest import train_options
 from trainer import RefineConfig, TrainConfig, UsageError, refine, train_concept
 from trainer.base_model import load_base_model
 from trainer.evaluate import loss_with
-from trainer.train import prepare_subject
+from trainer.runs import prepare_subject
 
 CONES = str(Path(sys.executable).parent / "cones")
 

@@ -8,10 +8,17 @@ import torch
 
 from tests.tiny_models import cross_attention_keys, tiny_unet
 from trainer.data import LatentBank
-from trainer.loop import run_descent
 from trainer.objective import Subject, implanting_loss
-from trainer.train import make_accelerator
+from trainer.runs import make_accelerator
+from trainer.search import SearchSettings, search
 from trainer.xi import ConceptNeuronSearch, neurons_by_sparsity, neurons_by_threshold
+
+
+def settings(**overrides) -> SearchSettings:
+    options = dict(
+        steps=2, lr=1e-3, travel=1.0, tau=None, sparsity=0.02, batch_size=2, seed=0, progress=False
+    )
+    return SearchSettings(**(options | overrides))
 
 
 def toy_subject(dtype=torch.float32) -> Subject:
@@ -69,25 +76,29 @@ def test_one_step_is_plain_gradient_descent_on_xi() -> None:
 
 def test_xi_stays_fp32_under_autocast() -> None:
     unet = tiny_unet(seed=0, dtype=torch.bfloat16).requires_grad_(False)
-    search = ConceptNeuronSearch(unet, cross_attention_keys(unet))
     seen = []
-    for delta in search.delta:
-        delta.register_hook(lambda grad: seen.append(grad.dtype) or grad)
-    accelerator = make_accelerator("cpu", "bf16")
-    run_descent(
-        search,
-        [toy_subject()],
-        scheduler(),
-        steps=2,
-        lr=1e-3,
-        batch_size=2,
-        seed=0,
-        accelerator=accelerator,
-        progress=False,
-    )
-    assert all(delta.dtype == torch.float32 for delta in search.delta)
+    original = ConceptNeuronSearch.__init__
+
+    def watched(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for delta in self.delta:
+            delta.register_hook(lambda grad: seen.append(grad.dtype) or grad)
+
+    ConceptNeuronSearch.__init__ = watched
+    try:
+        found = search(
+            unet,
+            cross_attention_keys(unet),
+            [toy_subject()],
+            scheduler(),
+            settings(),
+            make_accelerator("cpu", "bf16"),
+        )
+    finally:
+        ConceptNeuronSearch.__init__ = original
+    assert all(delta.dtype == np.float32 for delta in found.deltas.values())
     assert seen and set(seen) == {torch.float32}
-    assert any(delta.abs().sum() > 0 for delta in search.delta)
+    assert any(np.abs(delta).sum() > 0 for delta in found.deltas.values())
 
 
 def test_trainable_entries_restrict_the_search() -> None:
@@ -97,21 +108,19 @@ def test_trainable_entries_restrict_the_search() -> None:
     masks = {
         key: torch.rand(weights[key].shape, generator=torch.Generator().manual_seed(3)) < 0.1 for key in keys
     }
-    search = ConceptNeuronSearch(unet, keys, trainable=masks)
-    run_descent(
-        search,
+    found = search(
+        unet,
+        keys,
         [toy_subject()],
         scheduler(),
-        steps=3,
-        lr=1e-2,
-        batch_size=2,
-        seed=0,
-        accelerator=make_accelerator("cpu", "no"),
-        progress=False,
+        settings(steps=3, lr=1e-2),
+        make_accelerator("cpu", "no"),
+        trainable=masks,
     )
-    for key, delta in zip(keys, search.delta, strict=True):
-        assert (delta[~masks[key]] == 0).all()
-        assert (delta[masks[key]] != 0).any()
+    for key in keys:
+        delta = found.deltas[key].reshape(masks[key].shape)
+        assert (delta[~masks[key].numpy()] == 0).all()
+        assert (delta[masks[key].numpy()] != 0).any()
 
 
 def test_mask_rule_of_eq_A20_by_hand() -> None:
@@ -150,27 +159,81 @@ def test_target_follows_the_prediction_type(kind: str) -> None:
     assert torch.equal(target, expected)
 
 
-def test_a_prior_against_the_base_model_is_zero_until_xi_moves() -> None:
-    """prior_target='base': the prior term compares with the unchanged model's prediction."""
+def test_preservation_is_zero_until_xi_moves() -> None:
+    """preserve_weight: the class and empty prompts' predictions compared with the unchanged model's."""
     unet = tiny_unet(seed=0).requires_grad_(False)
     search = ConceptNeuronSearch(unet, cross_attention_keys(unet))
     subject = toy_subject()
-    subject.prior_target = "base"
+    subject.preserve_weight = 1.0
+    subject.empty_embedding = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(9))
     _, parts = implanting_loss(
         search, [subject], scheduler(), 2, torch.Generator().manual_seed(3), reference=search.reference
     )
     # the same weights, in a batch of another size: equal up to float32 rounding
-    assert parts["toy/prior"] < 1e-10 and parts["toy/instance"] > 1e-3
+    assert parts["toy/preserve"] < 1e-10 and parts["toy/instance"] > 1e-3 and parts["toy/prior"] > 1e-3
     with torch.no_grad():
         search.delta[0].fill_(0.5)  # half of one layer's weights
     loss, parts = implanting_loss(
         search, [subject], scheduler(), 2, torch.Generator().manual_seed(3), reference=search.reference
     )
-    assert parts["toy/prior"] > 1e-6
+    assert parts["toy/preserve"] > 1e-6
     loss.backward()
     assert search.delta[0].grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs the reference model"):
         implanting_loss(search, [subject], scheduler(), 2, torch.Generator().manual_seed(3))
-    subject.prior_target = "nois"
-    with pytest.raises(ValueError, match="'noise' or 'base'"):
-        implanting_loss(search, [subject], scheduler(), 2, torch.Generator().manual_seed(3))
+    subject.empty_embedding = None
+    with pytest.raises(ValueError, match="has no embedding"):
+        implanting_loss(search, [subject], scheduler(), 2, torch.Generator().manual_seed(3), search.reference)
+
+
+def test_xi_stays_between_0_and_1() -> None:
+    """Eq. 9 samples theta^k between 0 and theta: a step far too large shuts entries, never flips them."""
+    unet = tiny_unet(seed=0).requires_grad_(False)
+    found = search(
+        unet,
+        cross_attention_keys(unet),
+        [toy_subject()],
+        scheduler(),
+        settings(steps=5, lr=1e3),
+        make_accelerator("cpu", "no"),
+    )
+    deltas = np.concatenate(list(found.deltas.values()))
+    assert deltas.min() >= 0 and deltas.max() <= 1 and (deltas == 1).any()
+
+
+def test_the_calibrated_step_sets_how_far_xi_travels() -> None:
+    """rho = travel / (K * the 99th percentile of the first batches' mean |dL/dxi|): the top entries
+    move by about ``travel`` in K steps (bench/travel.py shows it on a full-size SD 1.5 UNet)."""
+    unet = tiny_unet(seed=0).requires_grad_(False)
+    keys = cross_attention_keys(unet)
+    rhos = {}
+    for travel in (0.25, 0.5):
+        found = search(
+            unet,
+            keys,
+            [toy_subject()],
+            scheduler(),
+            settings(steps=10, lr=None, travel=travel),
+            make_accelerator("cpu", "no"),
+        )
+        rhos[travel] = found.log.rho
+        moved = np.concatenate(list(found.deltas.values()))
+        top = np.sort(moved)[-int(0.01 * moved.size) :]  # the 1 % that moved most
+        assert 0.2 * travel < float(np.median(top)) <= 1.0, (travel, np.median(top))
+    assert rhos[0.5] == pytest.approx(2 * rhos[0.25], rel=1e-6)  # the same first batches, twice the travel
+
+
+def test_without_a_count_the_held_out_loss_chooses_it() -> None:
+    unet = tiny_unet(seed=0).requires_grad_(False)
+    found = search(
+        unet,
+        cross_attention_keys(unet),
+        [toy_subject()],
+        scheduler(),
+        settings(steps=5, lr=None, sparsity=None),
+        make_accelerator("cpu", "no"),
+    )
+    record = found.log.selection
+    losses = dict((count, loss) for count, loss in record["candidates"])
+    assert record["chosen"] == min(losses, key=losses.get) == sum(v.size for v in found.neurons.values())
+    assert len(losses) >= 3 and "base" in record
