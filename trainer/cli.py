@@ -41,7 +41,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=default("travel"),
         help=f"with the calibrated step, how far xi of those entries moves in K steps "
-        f"(default {default('travel'):g}: from open to shut)",
+        f"(default {default('travel'):g}: xi stays near 1; 1: from open to shut)",
     )
     # At most one of the two; TrainConfig.validate checks it, for a one-line error.
     parser.add_argument("--tau", type=float, help="threshold: shut entries with xi < 1 - lr*tau (eq. A20)")

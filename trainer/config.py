@@ -49,11 +49,11 @@ class SearchConfig:
     out: str | Path = ""
     num_class_images: int = 100
     class_image_steps: int = 25
-    prior_weight: float = 1.0
+    prior_weight: float = 0.3  # DreamBooth uses 1; measured on the dev split (docs/method-notes.md)
     preserve_weight: float = 0.0
     steps: int = 300
     lr: float | None = None
-    travel: float = 1.0
+    travel: float = 0.01  # xi stays near 1: gradients at the base model (docs/method-notes.md)
     tau: float | None = None
     sparsity: float | None = None
     batch_size: int = 2

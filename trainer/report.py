@@ -12,8 +12,8 @@ import torch
 
 from conesfmt.summary import floor_bytes
 
-#: Below this 1 - xi on every chosen entry, the descent stayed in its first-order regime.
-FIRST_ORDER = 0.05
+#: Below this 1 - xi on every chosen entry, xi did not move beyond rounding (rho far too small).
+NOT_MOVED = 1e-6
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -77,10 +77,10 @@ def format_report(report: dict[str, Any], title: str) -> str:
             f"  step rho {report.get('rho', float('nan')):.3g}; xi of the chosen entries: "
             f"1 - xi = {travel['median']:.2g} (median), {travel['max']:.2g} (max)"
         )
-        if travel["max"] < FIRST_ORDER:
+        if travel["max"] < NOT_MOVED:
             lines.append(
-                "  note: xi barely moved, so the mask ranks first-order saliency (theta * dL/dtheta), while "
-                "shutting moves xi all the way to 0; leave --lr unset (calibrated) or raise --travel"
+                "  note: xi did not move measurably, so the ranking is rounding noise; "
+                "leave --lr unset (calibrated) or raise it"
             )
     selection = report.get("selection") or {}
     if selection.get("candidates"):

@@ -19,8 +19,10 @@ Two departures from the letter of A2, both measured (docs/method-notes.md):
   scale: SD 1.4's 2e-5 moves ξ by about 1e-7 on an SD-size UNet and by
   nothing at all on a small one. By default ρ is set from the mean gradient
   of the first ``calibration_batches`` draws, so that an entry whose gradient
-  stays at the 99th percentile of that mean travels ``travel`` (1: all the
-  way to shut) in K steps. The rule is still plain gradient descent, as A2.
+  stays at the 99th percentile of that mean travels ``travel`` in K steps
+  (1: all the way to shut; the default 0.01 keeps ξ near 1, where the
+  paper's own ρ keeps it on SD, and measured better on the world's dev
+  split, docs/method-notes.md). The rule is still plain gradient descent.
 
 With neither τ nor a sparsity, the count is chosen by the objective itself:
 for each candidate count (``CANDIDATE_FRACTIONS``), the held-out loss (the
