@@ -68,9 +68,9 @@ def test_scores_put_the_planted_set_on_the_teacher(planted_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 11, not met: a random 1 % planted set changes the model's predictions less than a random "
-    "set of its size, and its own reduction of the teacher loss is within the spread of random sets, so "
-    "nothing trained on the teacher's images can single it out (docs/planted.md)",
+    reason="issue 11, not met: a random 1 % planted set changes the model's predictions about as much as "
+    "any random set of its size, and its own reduction of the teacher loss is within the spread of random "
+    "sets, so nothing trained on the teacher's images can single it out (docs/planted.md)",
 )
 def test_search_recovers_a_planted_random_set(planted_run):
     planted, found, scores = planted_run

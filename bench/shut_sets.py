@@ -1,0 +1,183 @@
+"""Which shut sets exist, and which does each ranking find? Diagnostics for issue 11 on the world.
+
+    python bench/shut_sets.py --subject pxr --split dev        # about 25 min on one core
+
+Every row is a set of shut K/V entries of one size k, scored with the
+protocol's measures and the held-out subject loss (the instance term of the
+objective on the subject's own images, per timestep quarter, fixed draws no
+ranking saw):
+
+- **sparse oracle**: the k entries whose shutting most lowers TIME's
+  objective toward the *described* prompt's keys and values (bench/oracle.py;
+  to second order, per entry: ``G·θ − H_jj θ²`` with ``G`` its gradient and
+  ``H`` its curvature). It knows the answer in words, so it says whether a
+  shut set of that size that draws the subject exists at all.
+- **first order**: the k entries with the largest ``−∂L/∂δ`` at the base
+  model (δ = 1 − ξ = 0), L the instance loss alone, averaged over 1,200
+  draws — Algorithm A2 with ρ → 0 and no prior term.
+- **curvature**: the same plus the second-order term of shutting an entry
+  alone, ``−(g + h/2)``, with ``h`` the Gauss–Newton diagonal estimated by
+  random projections (Optimal Brain Damage with the gradient kept).
+- **random**: k entries drawn uniformly (the chance level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from oracle import RARE_POSITION, kv_keys, preserved_captions, text_features  # noqa: E402
+
+import conesfmt  # noqa: E402
+import conesrt  # noqa: E402
+from trainer import world  # noqa: E402
+from trainer.base_model import load_base_model  # noqa: E402
+from trainer.config import image_files  # noqa: E402
+from trainer.data import encode_images, encode_prompt  # noqa: E402
+from trainer.evaluate import random_like  # noqa: E402
+from trainer.objective import training_target  # noqa: E402
+from trainer.world import protocol  # noqa: E402
+from trainer.xi import ConceptNeuronSearch, largest  # noqa: E402
+
+
+def container(unet, keys, chosen: dict[str, np.ndarray]) -> conesfmt.Container:
+    concept = {key: value.astype(np.int64) for key, value in chosen.items() if len(value)}
+    return conesfmt.Container(
+        conesrt.layer_table(unet, keys), {"set": concept}, conesrt.fingerprint(unet, keys)
+    )
+
+
+def sparse_oracle(pipe, subject, keys, lam: float) -> dict[str, np.ndarray]:
+    """Per entry, the second-order decrease of TIME's objective when that entry alone is shut."""
+    features = text_features(pipe, preserved_captions(2000, seed=99))
+    flat = features.reshape(-1, features.shape[-1])
+    sigma = flat.T @ flat / flat.shape[0]
+    length = pipe.tokenizer.model_max_length
+    instance = text_features(pipe, [subject.prompt])[0]
+    described = text_features(pipe, [subject.description])[0]
+    shift = len(pipe.tokenizer(subject.description).input_ids) - len(pipe.tokenizer(subject.prompt).input_ids)
+    sources = list(range(RARE_POSITION, length))
+    c, d = instance[sources], described[[min(p + shift, length - 1) for p in sources]]
+    curvature = torch.diag(c.T @ c / len(sources) + lam * sigma)
+    benefit = {}
+    for key in keys:
+        w = pipe.unet.state_dict()[key].double()
+        gradient = 2 * w @ (c.T - d.T) @ c / len(sources)
+        benefit[key] = (gradient * w - curvature[None, :] * w * w).reshape(-1).numpy()
+    return benefit
+
+
+def gradient_rankings(search, bank, embedding, scheduler, batches: int, batch: int, seed: int):
+    """Mean −∂L/∂δ and the Gauss–Newton diagonal of the instance loss at δ = 0."""
+    generator = torch.Generator().manual_seed(seed)
+    gradient = [torch.zeros_like(d) for d in search.delta]
+    curvature = [torch.zeros_like(d) for d in search.delta]
+    for _ in range(batches):
+        clean = bank.sample(batch, generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        prediction = search(
+            scheduler.add_noise(clean, noise, timesteps), timesteps, embedding.expand(batch, -1, -1)
+        )
+        loss = ((prediction - training_target(scheduler, clean, noise, timesteps)) ** 2).mean()
+        for total, part in zip(
+            gradient, torch.autograd.grad(loss, list(search.delta), retain_graph=True), strict=True
+        ):
+            total += part
+        probe = (prediction * torch.randn(prediction.shape, generator=generator)).sum()
+        for total, part in zip(curvature, torch.autograd.grad(probe, list(search.delta)), strict=True):
+            total += part**2 * (2 / prediction.numel())
+    keys = search.keys
+    first = {k: (-g / batches).reshape(-1).numpy() for k, g in zip(keys, gradient, strict=True)}
+    second = {
+        k: first[k] - 0.5 * (h / batches).reshape(-1).numpy() for k, h in zip(keys, curvature, strict=True)
+    }
+    return first, second
+
+
+@torch.no_grad()
+def subject_loss(unet, bank, embedding, scheduler) -> list[float]:
+    """The instance loss per timestep quarter, on fixed draws (seed 7)."""
+    quarters = []
+    for low in range(0, 1000, 250):
+        generator = torch.Generator().manual_seed(7)
+        total = 0.0
+        for _ in range(16):
+            clean = bank.sample(8, generator)
+            noise = torch.randn(clean.shape, generator=generator)
+            timesteps = torch.randint(low, low + 250, (8,), generator=generator)
+            noisy = scheduler.add_noise(clean, noise, timesteps)
+            prediction = unet(noisy, timesteps, encoder_hidden_states=embedding.expand(8, -1, -1)).sample
+            total += float(((prediction - training_target(scheduler, clean, noise, timesteps)) ** 2).mean())
+        quarters.append(total / 16)
+    return quarters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subject", default="pxr")
+    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument("--sizes", default="532,2129")
+    parser.add_argument("--oracle-lambda", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    split = protocol.DEV if args.split == "dev" else protocol.TEST
+    pipe = world.load_pipeline()
+    base = load_base_model(world.MODEL_DIR, torch.device("cpu"), torch.float32)
+    scheduler = base.noise_scheduler
+    subject = world.subject(args.subject)
+    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
+    embedding = encode_prompt(base, subject.prompt)
+    keys = kv_keys(pipe.unet)
+    search = ConceptNeuronSearch(pipe.unet, keys)
+    first, curvature = gradient_rankings(search, bank, embedding, scheduler, 150, 8, seed=1)
+    rankings = {"sparse oracle": sparse_oracle(pipe, subject, keys, args.oracle_lambda)}
+    rankings |= {"first order": first, "curvature": curvature}
+    measure = protocol.Judged(pipe, split)
+    rows = [("base model", 0, subject_loss(pipe.unet, bank, embedding, scheduler), measure([subject]))]
+    print(f"  {rows[-1][0]}: {rows[-1][2]} {rows[-1][3]}", flush=True)
+    for size in (int(s) for s in args.sizes.split(",")):
+        for name, ranking in rankings.items():
+            chosen = container(pipe.unet, keys, largest(ranking, size))
+            with conesrt.apply(pipe, chosen):
+                rows.append(
+                    (name, size, subject_loss(pipe.unet, bank, embedding, scheduler), measure([subject]))
+                )
+            print(f"  {name} {size}: {rows[-1][2]} {rows[-1][3]}", flush=True)
+        with conesrt.apply(pipe, random_like(chosen, 0)):
+            rows.append(
+                ("random", size, subject_loss(pipe.unet, bank, embedding, scheduler), measure([subject]))
+            )
+    minutes = (time.perf_counter() - started) / 60
+    print(
+        f"\n# Shut sets for {args.subject}, {split.name} split — {date.today()} — "
+        f"{platform.machine()} CPU, {minutes:.0f} min\n"
+    )
+    print(
+        "| set | k | subject loss, t quarters (mean) | fidelity | context | prior kept | prior attributes |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, size, quarters, measured in rows:
+        loss = " / ".join(f"{q:.4f}" for q in quarters) + f" ({np.mean(quarters):.4f})"
+        cells = " | ".join(
+            f"{measured[k]:.3f}" for k in ("fidelity", "alignment", "prior", "prior_attributes")
+        )
+        print(f"| {name} | {size or '—'} | {loss} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
