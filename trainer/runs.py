@@ -11,6 +11,7 @@ its summary (``finish``).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -146,15 +147,42 @@ def search_settings(config: SearchConfig) -> SearchSettings:
     )
 
 
+#: Weight files of a diffusers UNet folder, in the order they are hashed.
+UNET_WEIGHT_PATTERNS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")
+
+
+def unet_digest(folder: Path) -> str:
+    """SHA-256 of the UNet's weight files' bytes, in name order: which weights a container was made on.
+
+    The folder's name says little (``model``, ``stable-diffusion-v1-5``); for
+    a UNet in one file this is what ``sha256sum unet/diffusion_pytorch_model.safetensors``
+    prints. About 2 s per GB; "" when the folder has no weight file.
+    """
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in UNET_WEIGHT_PATTERNS for path in (folder / "unet").glob(pattern)})
+    for path in files:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest() if files else ""
+
+
 def build_container(
     base: BaseModel, keys: list[str], name: str, neurons: dict[str, np.ndarray], metadata: dict[str, str]
 ) -> conesfmt.Container:
-    """One concept over the searched layers, with the base model's fingerprint (spec § 4)."""
+    """One concept over the searched layers, with the base model's fingerprint (spec § 4).
+
+    The container's metadata names the base model (its hub name or folder
+    name) and the SHA-256 of its UNet weight files (``base_model_unet_sha256``).
+    """
+    identity = {"base_model": base.name}
+    if digest := unet_digest(Path(base.folder)):
+        identity["base_model_unet_sha256"] = digest
     return conesfmt.Container(
         conesrt.layer_table(base.unet, keys),
         {name: conesfmt.Concept(neurons, metadata)},
         conesrt.fingerprint(base.unet, keys),
-        {"created_by": f"cones {conesfmt.__version__}", "base_model": base.name},
+        {"created_by": f"cones {conesfmt.__version__}"} | identity,
     )
 
 

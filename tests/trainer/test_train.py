@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,15 @@ def test_train_writes_a_container_and_a_loss_log(trained: Path) -> None:
     assert concept.total == round(0.02 * container.numel)
     log = trained.with_suffix(".loss.csv").read_text().splitlines()
     assert log[0].startswith("step,loss,") and len(log) == 41
+
+
+def test_the_container_identifies_its_base_model(world, trained: Path) -> None:
+    """Not only the folder's name: the SHA-256 of the UNet's weights, as sha256sum prints it."""
+    (weights,) = (world["model"] / "unet").glob("diffusion_pytorch_model*.safetensors")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    metadata = conesfmt.load(trained).metadata
+    assert metadata["base_model"] == world["model"].name
+    assert metadata["base_model_unet_sha256"] == digest
 
 
 def test_found_neurons_lower_the_held_out_loss(world, trained: Path) -> None:
