@@ -45,6 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", default="sks,vnt,pxr")
     parser.add_argument("--seeds", default=",".join(str(s) for s in protocol.TEST.training_seeds))
+    parser.add_argument(
+        "--controls", type=int, default=None, help="random controls for the first N seeds (all)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -65,7 +68,7 @@ def main() -> None:
             ceiling = float(subject_scores(measure.sample(subject.description), subject).mean())
             rows.append({"subject": token, "method": "base model", **clean(base), "ceiling": ceiling})
             show(rows[-1])
-            for seed in (int(s) for s in args.seeds.split(",")):
+            for number, seed in enumerate(int(s) for s in args.seeds.split(",")):
                 result = train_concept(
                     model=world.MODEL_DIR,
                     images=subject.image_paths[0].parent,
@@ -84,12 +87,13 @@ def main() -> None:
                         | clean(measure([subject]))
                     )
                 show(rows[-1])
-                with conesrt.apply(pipe, random_like(result.container, seed)):
-                    rows.append(
-                        {"subject": token, "method": "random", "seed": seed, "shut": shut}
-                        | clean(measure([subject]))
-                    )
-                show(rows[-1])
+                if args.controls is None or number < args.controls:
+                    with conesrt.apply(pipe, random_like(result.container, seed)):
+                        rows.append(
+                            {"subject": token, "method": "random", "seed": seed, "shut": shut}
+                            | clean(measure([subject]))
+                        )
+                    show(rows[-1])
                 if args.json:
                     write(args.json, rows, defaults, time.perf_counter() - started)
     summary(rows, time.perf_counter() - started)
