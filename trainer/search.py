@@ -160,7 +160,7 @@ def search(
         log.parts.append(parts)
         log.seconds.append(time.perf_counter() - started)
         running = log.losses[-1] if running is None else 0.95 * running + 0.05 * log.losses[-1]
-        bar.set_postfix(loss=f"{running:.4f}")
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)  # redraws follow the bar's own interval
     bar.close()
 
     deltas = xi.deltas()

@@ -237,3 +237,22 @@ def test_without_a_count_the_held_out_loss_chooses_it() -> None:
     losses = dict((count, loss) for count, loss in record["candidates"])
     assert record["chosen"] == min(losses, key=losses.get) == sum(v.size for v in found.neurons.values())
     assert len(losses) >= 3 and "base" in record
+
+
+def test_the_bar_counts_steps_and_redraws_rarely_into_a_log(capsys) -> None:
+    """Not a terminal (a log, CI): the bar shows its step count and rate, without a line per step."""
+    unet = tiny_unet(seed=0).requires_grad_(False)
+    keys = cross_attention_keys(unet)
+    search(
+        unet,
+        keys,
+        [toy_subject()],
+        scheduler(),
+        settings(steps=30, progress=True),
+        make_accelerator("cpu", "no"),
+    )
+    lines = [
+        line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "xi-descent" in line
+    ]
+    assert 1 <= len(lines) <= 4, lines
+    assert "30/30" in lines[-1] and ("step/s" in lines[-1] or "s/step" in lines[-1])
