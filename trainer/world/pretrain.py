@@ -317,7 +317,7 @@ def train_unet(
         log(stage="unet_init", init_from=str(init_from), fresh_weights=len(fresh))
         if not frozen_text:
             text_encoder = CLIPTextModel.from_pretrained(
-                init_from / "text_encoder", torch_dtype=torch.float32
+                init_from / "text_encoder", dtype=torch.float32
             )
     text_encoder.requires_grad_(not frozen_text)
     scheduler = DDPMScheduler(**components.scheduler_config(zero_snr))
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
         vae.save_pretrained(out / "vae")
         log(stage="vae_saved", scaling_factor=vae.config.scaling_factor)
     else:
-        vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval()
+        vae = AutoencoderKL.from_pretrained(out / "vae", dtype=torch.float32).eval()
         latents = None
 
     zero_snr = args.schedule == "zero-snr"
