@@ -316,9 +316,7 @@ def train_unet(
         fresh = matching_weights(unet, init_from / "unet")
         log(stage="unet_init", init_from=str(init_from), fresh_weights=len(fresh))
         if not frozen_text:
-            text_encoder = CLIPTextModel.from_pretrained(
-                init_from / "text_encoder", dtype=torch.float32
-            )
+            text_encoder = CLIPTextModel.from_pretrained(init_from / "text_encoder", dtype=torch.float32)
     text_encoder.requires_grad_(not frozen_text)
     scheduler = DDPMScheduler(**components.scheduler_config(zero_snr))
     alphas_cumprod = scheduler.alphas_cumprod
