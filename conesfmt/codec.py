@@ -27,9 +27,12 @@ from .limits import MAX_ZSTD_WINDOW
 
 #: The only codec of version 1.0 (spec § 6.3): byte planes of deltas, zstd.
 CODEC_BYTE_PLANES = 1
-#: zstd level of the canonical writer (spec § 10). Level 19 gains 1-2 % over
-#: level 3 on sparse planes and still encodes 1.3 M indices in about 0.5 s.
+#: zstd level of the canonical writer for planes of at most :data:`SMALL_PLANE_BYTES`
+#: (spec § 10): level 19 gains 1-2 % over level 3 there, at a few M bytes/s.
 ZSTD_LEVEL = 19
+#: Planes up to this size are compressed at :data:`ZSTD_LEVEL`; larger ones by
+#: :func:`plane_parameters` (spec § 10), so that writing stays above 10 M indices/s.
+SMALL_PLANE_BYTES = 1 << 17
 #: Entries decoded at a time; bounds a reader's working memory.
 BLOCK_ENTRIES = 1 << 16
 
@@ -64,24 +67,77 @@ def encode_planes(entries: Sequence[tuple[int, np.ndarray]]) -> list[bytes]:
     The indices must already be validated (strictly increasing, in range).
     """
     widths = [layer_width(numel) for numel, _ in entries]
-    planes: list[list[bytes]] = [[] for _ in range(max(widths, default=0))]
+    sizes = plane_sizes([(numel, len(indices)) for numel, indices in entries])
+    planes = [np.empty(size, dtype=np.uint8) for size in sizes]
+    filled = [0] * len(planes)
     for (_, indices), width in zip(entries, widths, strict=True):
-        deltas = np.diff(indices.astype(np.int64), prepend=0).astype("<u8")
-        delta_bytes = deltas.view(np.uint8).reshape(-1, 8)
+        # Deltas in 4 bytes when they fit (layers up to 2**32 entries), else 8; byte j is plane j.
+        deltas = np.empty(indices.size, dtype="<u4" if width <= 4 else "<u8")
+        deltas[0] = indices[0]
+        np.subtract(indices[1:], indices[:-1], out=deltas[1:], casting="unsafe")
+        delta_bytes = deltas.view(np.uint8).reshape(indices.size, -1)
         for plane in range(width):
-            planes[plane].append(np.ascontiguousarray(delta_bytes[:, plane]).tobytes())
-    return compress_planes([b"".join(parts) for parts in planes])
+            planes[plane][filled[plane] : filled[plane] + indices.size] = delta_bytes[:, plane]
+            filled[plane] += indices.size
+    return compress_planes(planes)
 
 
-def compress_planes(planes: Sequence[bytes]) -> list[bytes]:
-    """One canonical zstd frame per plane (spec § 10): level 19, content size, no checksum, no dict ID.
+#: zstd's optimal parser with small tables and a short search, for planes of scattered small
+#: numbers (the second byte of deltas at 0.1-0.4 % density): within 2 % of the floor, where
+#: levels 1-12 lose 4-9 % to matches that cost more than the literals they replace.
+_SPARSE_PARAMETERS = dict(
+    strategy=zstandard.STRATEGY_BTOPT,
+    window_log=17,
+    hash_log=14,
+    chain_log=14,
+    search_log=1,
+    min_match=4,
+    target_length=64,
+)
+
+
+def plane_parameters(plane: bytes | np.ndarray) -> int | dict[str, int]:
+    """The zstd level (or parameter set) the canonical writer uses for ``plane`` (spec § 10).
+
+    Small planes (at most :data:`SMALL_PLANE_BYTES`) get :data:`ZSTD_LEVEL`.
+    Larger ones are chosen by their share ``z`` of zero bytes, which tells
+    scattered small numbers from long runs: level 1 for ``z < 1/4`` or
+    ``z >= 31/32`` (near-uniform bytes, or nearly all zeros: entropy coding is
+    all there is to gain), :data:`_SPARSE_PARAMETERS` for ``1/4 <= z < 5/8``,
+    level 16 for ``5/8 <= z < 29/32`` and level 9 for ``29/32 <= z < 31/32``.
+    On random masks this keeps every density within 1.05 x the floor
+    (``bench/format_size.py``).
+    """
+    size = len(plane)
+    if size <= SMALL_PLANE_BYTES:
+        return ZSTD_LEVEL
+    zeros = size - np.count_nonzero(np.frombuffer(plane, dtype=np.uint8))
+    # Exact integer comparisons of zeros / size against the thresholds.
+    if 4 * zeros < size or 32 * zeros >= 31 * size:
+        return 1
+    if 8 * zeros < 5 * size:
+        return _SPARSE_PARAMETERS
+    if 32 * zeros < 29 * size:
+        return 16
+    return 9
+
+
+def _compressor(choice: int | dict[str, int]) -> zstandard.ZstdCompressor:
+    frame = dict(write_content_size=True, write_checksum=False, write_dict_id=False)
+    if isinstance(choice, int):
+        return zstandard.ZstdCompressor(level=choice, **frame)
+    return zstandard.ZstdCompressor(
+        compression_params=zstandard.ZstdCompressionParameters(threads=0, **choice, **frame)
+    )
+
+
+def compress_planes(planes: Sequence[bytes | np.ndarray]) -> list[bytes]:
+    """One canonical zstd frame per plane (spec § 10): the level of :func:`plane_parameters`, the
+    content size, no checksum, no dictionary ID, one thread.
 
     Index planes (§ 6.3) and value planes (§ 6.4) are compressed alike.
     """
-    compressor = zstandard.ZstdCompressor(
-        level=ZSTD_LEVEL, write_content_size=True, write_checksum=False, write_dict_id=False
-    )
-    return [compressor.compress(plane) for plane in planes]
+    return [_compressor(plane_parameters(plane)).compress(plane) for plane in planes]
 
 
 def _frame_blocks(
@@ -216,6 +272,7 @@ def iter_index_blocks(
     entries: Sequence[tuple[int, int]],
     concept: str = "concept",
     where: Sequence[str] | None = None,
+    out: Sequence[np.ndarray] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode and validate, yielding ``(entry number, int64 indices)`` blocks in order.
 
@@ -223,7 +280,9 @@ def iter_index_blocks(
     the concept and ``where[n]`` entry ``n`` in errors. Every rule of spec § 6.3
     is checked: frame sizes, deltas >= 1 after the first, last index < numel.
     Memory use is bounded by :data:`BLOCK_ENTRIES` and the zstd window, not by
-    the counts.
+    the counts. With ``out`` (one int64 array of ``count`` per entry), each
+    block is decoded straight into its place there, and the blocks yielded
+    are views of it.
     """
     where = where or [f"{concept}, entry #{n}" for n in range(len(entries))]
     sizes = plane_sizes(entries)
@@ -238,17 +297,31 @@ def iter_index_blocks(
         previous = -1
         for start in range(0, count, BLOCK_ENTRIES):
             size = min(BLOCK_ENTRIES, count - start)
-            delta_bytes = np.zeros((size, 8), dtype=np.uint8)
-            for plane in range(width):
-                delta_bytes[:, plane] = np.frombuffer(readers[plane].read(size), dtype=np.uint8)
-            deltas = delta_bytes.view("<u8").ravel().astype(np.int64)
-            # Deltas are < 2**40 and blocks 2**16 long, so the sums cannot overflow.
+            planes = [np.frombuffer(readers[plane].read(size), dtype=np.uint8) for plane in range(width)]
+            indices = np.empty(size, np.int64) if out is None else out[number][start : start + size]
+            if width <= 4:
+                # numel <= 2**32: deltas and indices fit in uint32 (any block of a valid layer).
+                deltas = planes[-1].astype(np.uint32)
+                for plane in planes[-2::-1]:
+                    deltas <<= 8
+                    deltas |= plane
+            else:
+                delta_bytes = np.zeros((size, 8), dtype=np.uint8)
+                for plane, data in enumerate(planes):
+                    delta_bytes[:, plane] = data
+                deltas = delta_bytes.view("<u8").reshape(-1).astype(np.int64)
             first = 1 if previous < 0 else 0
-            zero = np.flatnonzero(deltas[first:] == 0)
-            if zero.size:
-                position = start + first + int(zero[0])
+            if not deltas[first:].all():
+                position = start + first + int(np.flatnonzero(deltas[first:] == 0)[0])
                 raise FormatError(f"{where[number]}: indices not strictly increasing at entry {position}")
-            indices = np.cumsum(deltas) + (previous if previous >= 0 else 0)
+            # The block continues from the previous one: its first index, checked against numel
+            # in Python integers, so the running sum never wraps (spec § 1.1).
+            head = int(deltas[0]) + max(previous, 0)
+            if head >= numel:
+                raise FormatError(f"{where[number]}: index {head} >= numel {numel}")
+            deltas[0] = head
+            # Deltas are < 2**40 and blocks 2**16 long, so the int64 sums cannot overflow.
+            np.cumsum(deltas, dtype=np.int64, out=indices)
             if indices[-1] >= numel:
                 raise FormatError(f"{where[number]}: index {int(indices[-1])} >= numel {numel}")
             previous = int(indices[-1])

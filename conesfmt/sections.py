@@ -428,13 +428,11 @@ class _PendingConcept(NamedTuple):
 
     def _decode(self, keep: bool) -> dict[str, np.ndarray]:
         arrays = {key: np.empty(count, dtype=np.int64) for key, count in self.entries} if keep else {}
-        filled = [0] * len(self.entries)
         sizes = [(numel, count) for numel, (_, count) in zip(self.numels, self.entries, strict=True)]
         labels = [f"{self.where}, layer {key!r}" for key, _ in self.entries]
-        for number, block in iter_index_blocks(self.frames, sizes, self.where, labels):
-            if keep:
-                arrays[self.entries[number][0]][filled[number] : filled[number] + block.size] = block
-            filled[number] += block.size
+        out = [arrays[key] for key, _ in self.entries] if keep else None
+        for _ in iter_index_blocks(self.frames, sizes, self.where, labels, out):
+            pass  # each block is validated, and decoded in place when kept
         for array in arrays.values():
             array.flags.writeable = False
         return arrays
