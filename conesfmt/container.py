@@ -241,6 +241,9 @@ class Container:
 
     ``layers`` maps a state-dict key to its shape, or to a :class:`Layer`;
     ``concepts`` maps a name to a mapping ``layer -> indices`` or a :class:`Concept`.
+    A layer given by its shape alone takes its dtype from ``fingerprint``, when
+    that knows it (``conesrt.fingerprint`` records the dtype it read), so that
+    the container can be checked against the model (spec § 4.3).
     Layers are kept sorted by key (the canonical order); concepts keep their order.
     Raises :class:`FormatError` naming the field at fault if anything is invalid.
 
@@ -256,10 +259,12 @@ class Container:
         fingerprint: Fingerprint | None = None,
         metadata: Mapping[str, str] | None = None,
     ):
-        self._layers = MappingProxyType(_validate_layers(layers))
-        self._metadata = MappingProxyType(validate_map(metadata or {}, "container metadata"))
+        table = _validate_layers(layers)
         if fingerprint is not None:
-            _validate_fingerprint(fingerprint, self._layers)
+            _validate_fingerprint(fingerprint, table)
+            table = _layers_with_fingerprint_dtypes(table, fingerprint)
+        self._layers = MappingProxyType(table)
+        self._metadata = MappingProxyType(validate_map(metadata or {}, "container metadata"))
         self._fingerprint = fingerprint
         concepts = dict(concepts or {})
         if len(concepts) > MAX_CONCEPTS:
@@ -510,6 +515,28 @@ def _validate_fingerprint(fingerprint: Fingerprint, layers: Mapping[str, Layer])
         raise FormatError("fingerprint has no samples")
 
 
+def _layers_with_fingerprint_dtypes(table: dict[str, Layer], fingerprint: Fingerprint) -> dict[str, Layer]:
+    """The table with each empty dtype taken from the fingerprint's (spec § 4.3 needs one to compare).
+
+    A layer whose dtype is given must agree with the dtype its samples were read
+    in: fp16 samples under an ``F32`` row would be compared with fp32's tolerance
+    and never fit the model they came from.
+    """
+    if not fingerprint.dtypes:
+        return table
+    filled = {}
+    for key, layer in table.items():
+        seen = fingerprint.dtypes.get(key, "")
+        if layer.dtype and seen and layer.dtype != seen:
+            raise FormatError(
+                f"layer {key!r}: the layer table says dtype {layer.dtype}, but the fingerprint was read "
+                f"from {seen} weights; pass layers=conesrt.layer_table(model, keys) from the same model, "
+                "or shapes alone"
+            )
+        filled[key] = Layer(layer.shape, layer.dtype or seen)
+    return filled
+
+
 def _validate_indices(values: Any, layer: Layer, where: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Sorted read-only int64 indices, and the permutation that sorted them (None if none was needed)."""
     array = np.asarray(values)
@@ -521,20 +548,26 @@ def _validate_indices(values: Any, layer: Layer, where: str) -> tuple[np.ndarray
         return _EMPTY, None
     if array.dtype.kind not in "iu":
         raise FormatError(f"{where}: indices must be integers, got dtype {array.dtype}")
-    # Range first, in the input's own dtype: a uint64 above 2**63 must not wrap.
-    smallest, largest = int(array.min()), int(array.max())
+    array = array.reshape(-1)
+    # Strictly increasing (what a trainer gives) is one pass: then the ends are the extremes
+    # and there are no duplicates. Compared in the input's own dtype: a uint64 above 2**63
+    # must not wrap before the range check.
+    increasing = array.size == 1 or bool((array[1:] > array[:-1]).all())
+    smallest, largest = (
+        (int(array[0]), int(array[-1])) if increasing else (int(array.min()), int(array.max()))
+    )
     if smallest < 0:
         raise FormatError(f"{where}: negative index {smallest}")
     if largest >= layer.numel:
         raise FormatError(f"{where}: index {largest} >= numel {layer.numel}")
-    array = array.reshape(-1).astype(np.int64)
+    array = array.astype(np.int64)  # a copy: the container's own, made read-only below
     order = None
-    if array.size > 1 and not bool((array[1:] > array[:-1]).all()):
+    if not increasing:
         order = np.argsort(array, kind="stable")
         array = array[order]
-    duplicates = np.flatnonzero(np.diff(array) == 0)
-    if duplicates.size:
-        raise FormatError(f"{where}: index {int(array[duplicates[0]])} appears twice")
+        duplicates = np.flatnonzero(np.diff(array) == 0)
+        if duplicates.size:
+            raise FormatError(f"{where}: index {int(array[duplicates[0]])} appears twice")
     return _readonly(array), order
 
 

@@ -48,12 +48,19 @@ ABSOLUTE_SLACK = 2.0**-24
 class Fingerprint:
     """Sampled values per layer key, each a float32 array of the same length.
 
+    ``dtypes``, if given, names per layer the dtype of the weights the values
+    were read from (safetensors names, ``"F16"``...). It is not a field of the
+    file: the layer table holds it (spec § 3), and a :class:`~conesfmt.Container`
+    given a table without dtypes (``layers={key: shape}``) takes them from here,
+    since the tolerance of spec § 4.3 needs them. ``conesrt.fingerprint`` fills it.
+
     >>> fp = Fingerprint({"mid.attn2.to_k.weight": np.array([0.01, -0.02], np.float32)})
     >>> fp.samples_per_layer
     2
     """
 
     samples: Mapping[str, np.ndarray]
+    dtypes: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         normalized = {}
@@ -72,12 +79,21 @@ class Fingerprint:
                 f"fingerprint: {next(iter(lengths))} samples per layer, allowed 1..{MAX_SAMPLES_PER_LAYER}"
             )
         object.__setattr__(self, "samples", MappingProxyType(normalized))
+        if self.dtypes is not None:
+            dtypes = dict(self.dtypes)
+            unknown = sorted(set(dtypes) - set(normalized))
+            if unknown:
+                raise FormatError(f"fingerprint: a dtype for layer {unknown[0]!r}, which has no samples")
+            if not all(isinstance(name, str) for name in dtypes.values()):
+                raise FormatError("fingerprint: dtypes must be safetensors dtype names (str)")
+            object.__setattr__(self, "dtypes", MappingProxyType(dtypes))
 
     @property
     def samples_per_layer(self) -> int:
         return next(iter(self.samples.values())).size if self.samples else 0
 
     def __eq__(self, other: object) -> bool:
+        """Same layers and the same sampled bits; ``dtypes`` is not compared (the layer table has it)."""
         if not isinstance(other, Fingerprint):
             return NotImplemented
         return self.samples.keys() == other.samples.keys() and all(
@@ -113,17 +129,55 @@ def sample_positions(numel: int, samples_per_layer: int) -> np.ndarray:
     return ((2 * j + 1) * numel) // (2 * samples_per_layer)
 
 
-def values_from_bytes(raw: bytes | memoryview | np.ndarray, dtype: str) -> np.ndarray:
-    """Little-endian raw values of a safetensors dtype as float64 (F64, F32, F16, BF16).
+def _float8_table(exponent_bits: int, mantissa_bits: int, ieee_specials: bool) -> np.ndarray:
+    """The value of each of the 256 codes of a float8 format, as float64.
 
-    numpy has no bfloat16; its bits are the upper half of a float32.
+    ``F8_E4M3`` (``float8_e4m3fn``: bias 7, no infinities, NaN at all exponent
+    and mantissa bits set) and ``F8_E5M2`` (bias 15, IEEE-like: infinities and
+    NaNs at the top exponent), as torch and the OCP 8-bit formats define them.
+    """
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = codes & ((1 << mantissa_bits) - 1)
+    bias = (1 << (exponent_bits - 1)) - 1
+    fraction = mantissa / (1 << mantissa_bits)
+    normal = (1.0 + fraction) * np.exp2(exponent.astype(np.float64) - bias)
+    subnormal = fraction * 2.0 ** (1 - bias)
+    table = sign * np.where(exponent == 0, subnormal, normal)
+    top = exponent == (1 << exponent_bits) - 1
+    if ieee_specials:
+        table[top & (mantissa == 0)] = sign[top & (mantissa == 0)] * np.inf
+        table[top & (mantissa != 0)] = np.nan
+    else:
+        table[top & (mantissa == (1 << mantissa_bits) - 1)] = np.nan
+    table.flags.writeable = False
+    return table
+
+
+#: float8 codes to values, for fingerprints of fp8 weights read without torch (bake, verify).
+_FLOAT8 = {
+    "F8_E4M3": _float8_table(4, 3, ieee_specials=False),
+    "F8_E5M2": _float8_table(5, 2, ieee_specials=True),
+}
+
+
+def values_from_bytes(raw: bytes | memoryview | np.ndarray, dtype: str) -> np.ndarray:
+    """Little-endian raw values of a safetensors dtype as float64 (F64, F32, F16, BF16, F8_E4M3, F8_E5M2).
+
+    numpy has no bfloat16; its bits are the upper half of a float32. Nor has it
+    float8: each of the 256 codes is looked up in a table.
 
     >>> values_from_bytes(np.array([1.5], "<f4").tobytes(), "F32").tolist()
     [1.5]
+    >>> values_from_bytes(bytes([0x38, 0x7E]), "F8_E4M3").tolist()
+    [1.0, 448.0]
     """
     data = np.frombuffer(raw, dtype=np.uint8)
     if dtype == "BF16":
         return (data.view("<u2").astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if dtype in _FLOAT8:
+        return _FLOAT8[dtype][data]
     numpy_dtype = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}.get(dtype)
     if numpy_dtype is None:
         raise FormatError(f"cannot read values of dtype {dtype!r} without torch")

@@ -66,10 +66,14 @@ def fingerprint(
     fraction ``f`` of the entries is missed with probability about
     ``(1 - f) ** (samples_per_layer * len(layer_names))``.
     Containers with different counts cannot be merged (:func:`conesfmt.merge`).
+    The fingerprint records the dtype of each weight it read, so a container
+    whose table gives shapes alone (``layers={key: shape}``) still knows the
+    tolerance to check it with (spec § 4.3).
 
     >>> container = conesfmt.Container(layers, concepts, fingerprint=conesrt.fingerprint(unet, layers))
     """
     tensors = resolve(target)
+    layer_names = list(layer_names)  # read three times below
     missing = [key for key in layer_names if key not in tensors]
     if missing:
         raise ValueError(f"the model has no weight {missing[0]!r} ({len(missing)} missing)")
@@ -78,7 +82,8 @@ def fingerprint(
         {
             key: read(key, sample_positions(tensors[key].numel(), samples_per_layer))[0].astype(np.float32)
             for key in layer_names
-        }
+        },
+        dtypes={key: dtype_name(tensors[key]) for key in layer_names},
     )
 
 
