@@ -6,7 +6,9 @@
 >>> with conesrt.apply(pipe, ["cat.cones", "lake.cones"], strength=[0.7, 0.3]):
 ...     image = pipe("a sks cat by a zwx lake").images[0]  # turned down; values per spec § 6.5
 
-``apply``, ``active``, ``fingerprint`` and ``layer_table`` need torch;
+``apply``, ``active``, ``fingerprint``, ``layer_table`` and ``searched_layers``
+(the default layers of each model family: UNets' cross-attention K/V, SD3's
+and Flux's joint-attention text K/V) need torch;
 ``bake`` (write a safetensors file with the concept neurons shut) needs only
 numpy and safetensors. Importing ``conesrt`` imports neither: each name is
 loaded on first use, so ``cones`` commands that need no torch stay fast.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .baking import bake
+    from .families import searched_layers
     from .fit import FingerprintMismatch, FingerprintWarning
     from .handles import Applied, Handle, active, apply
     from .torch_model import fingerprint, layer_table
@@ -31,6 +34,7 @@ _LAZY = {
     "bake": ".baking",
     "fingerprint": ".torch_model",
     "layer_table": ".torch_model",
+    "searched_layers": ".families",
     "FingerprintMismatch": ".fit",
     "FingerprintWarning": ".fit",
 }
@@ -44,6 +48,7 @@ __all__ = [
     "bake",
     "fingerprint",
     "layer_table",
+    "searched_layers",
 ]
 
 

@@ -33,9 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         type=Path,
-        help="a .safetensors file, or a diffusers UNet or pipeline folder (its UNet weights)",
+        help="a .safetensors file, or a diffusers model or pipeline folder (its UNet's or transformer's "
+        "weights; a sharded model's .index.json and shards)",
     )
-    bake.add_argument("--out", "-o", required=True, type=Path, help="the safetensors file to write")
+    bake.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        type=Path,
+        help="the safetensors file to write (for a sharded model: the folder to write)",
+    )
     bake.add_argument(
         "--concept", action="append", dest="concepts", help="use only this concept (repeatable)"
     )
@@ -108,7 +115,8 @@ def _bake(args: argparse.Namespace) -> int:
             )
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    size = sum(p.stat().st_size for p in out.iterdir()) if out.is_dir() else out.stat().st_size
+    print(f"wrote {out} ({size:,} bytes)")
     return 0
 
 
@@ -123,11 +131,11 @@ def _verify(args: argparse.Namespace) -> int:
     import conesfmt
 
     from .fit import check_fits
-    from .weights_file import SafetensorsFile, WeightsError
+    from .weights_file import WeightsError, open_weights
 
     container = conesfmt.load(args.container)
     try:
-        weights = SafetensorsFile(args.model)
+        weights = open_weights(args.model)
     except WeightsError as error:
         raise CommandError(str(error)) from None
     name = args.container.name

@@ -28,8 +28,15 @@ from conesfmt.fingerprint import values_from_bytes
 
 #: Bytes per element of the safetensors dtypes a weight can have.
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
-#: File names diffusers uses for a model's weights, by where they live in a folder.
-WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors")
+#: File names diffusers uses for a model's weights, by where they live in a folder: a model
+#: folder, a UNet pipeline's (SD 1.x, 2.x, SDXL) or a transformer pipeline's (SD3, Flux).
+WEIGHTS_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "transformer/diffusion_pytorch_model.safetensors",
+)
+#: The index of a sharded model (FLUX.1's transformer is three shards), in the same places.
+INDEX_NAMES = tuple(name + ".index.json" for name in WEIGHTS_NAMES)
 
 
 class WeightsError(ValueError):
@@ -45,18 +52,23 @@ class TensorEntry:
 
 
 def find_weights(path: str | os.PathLike[str]) -> Path:
-    """A ``.safetensors`` file, or the UNet weights inside a diffusers model or pipeline folder."""
+    """A ``.safetensors`` file or shard index, or the denoiser's weights (or their index) inside a
+    diffusers model or pipeline folder (``unet/`` or ``transformer/``)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
-        for name in WEIGHTS_NAMES:
+        for name in WEIGHTS_NAMES + INDEX_NAMES:
             if (path / name).is_file():
                 return path / name
-        if any(path.glob("*.safetensors.index.json")) or any(path.glob("unet/*.safetensors.index.json")):
-            raise WeightsError(f"{path}: sharded weights are not supported yet; bake each shard file")
-        raise WeightsError(f"{path}: no {' or '.join(WEIGHTS_NAMES)} in this folder")
+        raise WeightsError(f"{path}: no {' or '.join(WEIGHTS_NAMES)} (or its .index.json) in this folder")
     raise WeightsError(f"{path}: no such file or folder")
+
+
+def open_weights(path: str | os.PathLike[str]) -> SafetensorsFile | ShardedWeights:
+    """The weights at ``path`` (see :func:`find_weights`): one file, or the shards of an index."""
+    found = find_weights(path)
+    return ShardedWeights(found) if found.name.endswith(".index.json") else SafetensorsFile(found)
 
 
 class SafetensorsFile:
@@ -107,3 +119,49 @@ class SafetensorsFile:
             return values_from_bytes(raw.tobytes(), dtype), dtype
         except ValueError:
             return np.full(positions.size, np.nan), dtype  # cannot compare: counts as a mismatch
+
+
+class ShardedWeights:
+    """A model saved in shards: ``NAME.safetensors.index.json`` and the files it names.
+
+    The same reading interface as :class:`SafetensorsFile` (``shapes``,
+    ``entries``, ``read_values``), each tensor read from its own shard.
+
+    >>> weights = ShardedWeights("flux/transformer/diffusion_pytorch_model.safetensors.index.json")
+    >>> weights.shard_of["transformer_blocks.0.attn.add_k_proj.weight"]
+    'diffusion_pytorch_model-00001-of-00003.safetensors'
+    """
+
+    def __init__(self, index: str | os.PathLike[str]):
+        self.path = Path(index)
+        try:
+            weight_map = json.loads(self.path.read_text())["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise WeightsError(
+                f"{self.path}: not a shard index (JSON with a weight_map of key -> file)"
+            ) from None
+        names = sorted(set(weight_map.values()))
+        bad = [name for name in names if Path(name).name != name]
+        if bad:
+            raise WeightsError(f"{self.path}: shard {bad[0]!r} is not a file name in the index's folder")
+        self.shards = {name: SafetensorsFile(self.path.parent / name) for name in names}
+        self.shard_of: dict[str, str] = {}
+        self.entries: dict[str, TensorEntry] = {}
+        for name, shard in self.shards.items():
+            for key, entry in shard.entries.items():
+                if weight_map.get(key) == name:
+                    self.shard_of[key] = name
+                    self.entries[key] = entry
+        missing = sorted(set(weight_map) - set(self.entries))
+        if missing:
+            raise WeightsError(f"{self.path}: {missing[0]!r} is not in {weight_map[missing[0]]}")
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: entry.shape for key, entry in self.entries.items()}
+
+    def read_values(self, key: str, positions: np.ndarray) -> tuple[np.ndarray, str]:
+        """Values at flat ``positions`` as float64, and the dtype name (a :data:`conesrt.fit.ValueReader`)."""
+        return self.shards[self.shard_of[key]].read_values(key, positions)
