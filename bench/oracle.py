@@ -78,16 +78,27 @@ def kv_keys(unet) -> list[str]:
     return [k for k in unet.state_dict() if ".attn2.to_k." in k or ".attn2.to_v." in k]
 
 
-def time_edit(pipe, subject, sigma: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
-    """TIME's closed-form change of every searched weight, for one subject and one λ."""
+def aligned_features(pipe, subject) -> tuple[torch.Tensor, torch.Tensor]:
+    """The instance prompt's text features from the rare token on, and the description's at the same place."""
     length = pipe.tokenizer.model_max_length
     instance = text_features(pipe, [subject.prompt])[0]
     described = text_features(pipe, [subject.description])[0]
     shift = len(pipe.tokenizer(subject.description).input_ids) - len(pipe.tokenizer(subject.prompt).input_ids)
     sources = list(range(RARE_POSITION, length))
-    targets = [min(p + shift, length - 1) for p in sources]
-    c, d = instance[sources], described[targets]
-    m = len(sources)
+    return instance[sources], described[[min(p + shift, length - 1) for p in sources]]
+
+
+def preserved_covariance(pipe, count: int = 2000) -> torch.Tensor:
+    """Σ = E hhᵀ over every token of ``count`` world captions that no split evaluates."""
+    features = text_features(pipe, preserved_captions(count, seed=99))
+    flat = features.reshape(-1, features.shape[-1])
+    return flat.T @ flat / flat.shape[0]
+
+
+def time_edit(pipe, subject, sigma: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
+    """TIME's closed-form change of every searched weight, for one subject and one λ."""
+    c, d = aligned_features(pipe, subject)
+    m = len(c)
     inverse = torch.linalg.inv(c.T @ c / m + lam * sigma)
     weights = pipe.unet.state_dict()
     changes = {}
@@ -130,9 +141,7 @@ def main() -> None:
     started = time.perf_counter()
     split = protocol.DEV if args.split == "dev" else protocol.TEST
     pipe = world.load_pipeline(args.model)
-    features = text_features(pipe, preserved_captions(args.captions, seed=99))
-    flat = features.reshape(-1, features.shape[-1])
-    sigma = flat.T @ flat / flat.shape[0]
+    sigma = preserved_covariance(pipe, args.captions)
     measure = protocol.Judged(pipe, split)
     rows = []
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import RARE_POSITION, kv_keys, preserved_captions, text_features  # noqa: E402
+from oracle import aligned_features, kv_keys, preserved_covariance  # noqa: E402
 
 import conesfmt  # noqa: E402
 import conesrt  # noqa: E402
@@ -61,20 +61,12 @@ def container(unet, keys, chosen: dict[str, np.ndarray]) -> conesfmt.Container:
 
 def sparse_oracle(pipe, subject, keys, lam: float) -> dict[str, np.ndarray]:
     """Per entry, the second-order decrease of TIME's objective when that entry alone is shut."""
-    features = text_features(pipe, preserved_captions(2000, seed=99))
-    flat = features.reshape(-1, features.shape[-1])
-    sigma = flat.T @ flat / flat.shape[0]
-    length = pipe.tokenizer.model_max_length
-    instance = text_features(pipe, [subject.prompt])[0]
-    described = text_features(pipe, [subject.description])[0]
-    shift = len(pipe.tokenizer(subject.description).input_ids) - len(pipe.tokenizer(subject.prompt).input_ids)
-    sources = list(range(RARE_POSITION, length))
-    c, d = instance[sources], described[[min(p + shift, length - 1) for p in sources]]
-    curvature = torch.diag(c.T @ c / len(sources) + lam * sigma)
+    c, d = aligned_features(pipe, subject)
+    curvature = torch.diag(c.T @ c / len(c) + lam * preserved_covariance(pipe))
     benefit = {}
     for key in keys:
         w = pipe.unet.state_dict()[key].double()
-        gradient = 2 * w @ (c.T - d.T) @ c / len(sources)
+        gradient = 2 * w @ (c.T - d.T) @ c / len(c)
         benefit[key] = (gradient * w - curvature[None, :] * w * w).reshape(-1).numpy()
     return benefit
 
