@@ -143,7 +143,14 @@ def ensure_class_images(
 
         # Advanced at every denoising step (by a fraction of an image), so the bar shows a rate
         # and an ETA from the first image on.
-        bar = progress_bar(total=missing, desc=f"prior images for {prompt!r}", unit="image", enabled=progress)
+        bar = progress_bar(
+            total=missing,
+            desc=f"prior images for {prompt!r}",
+            unit="image",
+            enabled=progress,
+            # The count in tenths of an image, not the float the fractions sum to ("0.9600000000000001").
+            bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+        )
         batch = [0]
 
         def advance(pipeline, step, timestep, callback_kwargs):

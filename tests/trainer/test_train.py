@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,30 @@ def test_prior_images_top_up_without_repeats(world, tmp_path: Path) -> None:
     assert [p.name for p in filled] == ["00000.png", "00001.png", "00002.png"]
     assert filled[1].read_bytes() == users_file  # untouched, byte for byte
     assert same_image(filled[0], topped[0]) and same_image(filled[2], topped[2])
+
+
+def test_the_prior_image_bar_shows_a_rate_and_tidy_counts(world, tmp_path: Path, capsys) -> None:
+    """Advanced by a fraction of an image per denoising step, the bar still prints counts like 0.5."""
+    from trainer.data import ensure_class_images
+
+    base = load_base_model(world["model"], torch.device("cpu"), torch.float32)
+    ensure_class_images(
+        base,
+        tmp_path / "prior",
+        "a photo of a square",
+        count=2,
+        resolution=32,
+        steps=3,
+        seed=0,
+        batch_size=2,
+        progress=True,
+    )
+    err = capsys.readouterr().err.replace("\r", "\n")
+    lines = [line for line in err.splitlines() if "prior images" in line]
+    assert lines and "2.0/2" in lines[-1], lines
+    assert "image/s" in lines[-1] or "s/image" in lines[-1], lines
+    counts = [re.search(r"\| ([0-9.]+)/2 ", line) for line in lines]
+    assert all(c and len(c.group(1).split(".")[-1]) == 1 for c in counts), lines
 
 
 def test_keep_shut_does_not_change_the_prior_images(world, trained: Path, tmp_path: Path) -> None:
