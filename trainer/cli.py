@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .config import VALUE_CHOICES
 from .errors import UsageError
 
 #: Exceptions the ``cones`` command reports as one line (see conesfmt.cli).
@@ -50,6 +51,27 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="shut this fraction of the searched entries, e.g. 0.01 (default, with no --tau either: "
         "the count with the lowest held-out loss)",
+    )
+    parser.add_argument(
+        "--values",
+        choices=list(VALUE_CHOICES),
+        default=None,
+        help="what the container stores on each concept neuron: "
+        + "; ".join(f"{kind}: {what}" for kind, what in VALUE_CHOICES.items())
+        + ". Other than binary, xi is then trained on the found neurons only, starting shut, and "
+        "kept only if it is no worse than shutting on held-out draws (default: binary for train; for refine "
+        "the most precise kind among the inputs)",
+    )
+    parser.add_argument(
+        "--value-steps",
+        type=int,
+        help="gradient steps of the value training (default: a third of --steps, "
+        f"{max(1, default('steps') // 3)} at the default)",
+    )
+    parser.add_argument(
+        "--value-lr",
+        type=float,
+        help="Adam's step on xi in the value training (default: 2 / --value-steps)",
     )
     parser.add_argument(
         "--prior-weight",
@@ -303,8 +325,11 @@ def search_options(args: argparse.Namespace) -> dict:
     shared = ("model", "out", "num_class_images", "class_image_steps", "prior_weight", "preserve_weight")
     shared += ("steps", "lr", "travel", "tau")
     shared += ("sparsity", "batch_size", "resolution", "flip", "mixed_precision", "gradient_checkpointing")
-    shared += ("seed", "device", "name", "overwrite")
-    return {field: getattr(args, field) for field in shared} | {"progress": not args.quiet}
+    shared += ("seed", "device", "name", "overwrite", "value_steps", "value_lr")
+    options = {field: getattr(args, field) for field in shared} | {"progress": not args.quiet}
+    if args.values is not None:  # unset: TrainConfig's binary, RefineConfig's "as the inputs"
+        options["values"] = args.values
+    return options
 
 
 def _pairs(values: list[str], option: str) -> dict[str, str]:

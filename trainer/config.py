@@ -42,7 +42,11 @@ class SearchConfig:
     ``preserve_weight`` is mu, the weight of keeping the base model's
     predictions for the class and the empty prompt (trainer.objective);
     ``resolution`` in pixels (None: the model's own); ``batch_size`` subject
-    images per step (and as many prior images) per subject.
+    images per step (and as many prior images) per subject. ``values`` is
+    what the container stores on the neurons (trainer.values): ``binary``
+    shuts them; ``q4``, ``fp16`` and ``fp32`` also train ξ on them for
+    ``value_steps`` steps (None: a third of ``steps``) of Adam with step
+    ``value_lr`` in ξ (None: 2 / value_steps).
     """
 
     model: str | Path
@@ -56,6 +60,9 @@ class SearchConfig:
     travel: float = 0.01  # xi stays near 1: gradients at the base model (docs/method-notes.md)
     tau: float | None = None
     sparsity: float | None = None
+    values: str | None = "binary"  # binary | q4 | fp16 | fp32 (trainer.values)
+    value_steps: int | None = None  # None: steps // 3
+    value_lr: float | None = None  # None: 2 / value_steps
     batch_size: int = 2
     resolution: int | None = None  # pixels; None: the model's own (UNet sample size x VAE stride)
     flip: bool = True
@@ -81,9 +88,23 @@ class SearchConfig:
         "data",
     )
 
+    #: Fields only a valued run records: a binary container is byte for byte what it was before values.
+    _VALUED = ("values", "value_steps", "value_lr")
+
+    @property
+    def resolved_value_steps(self) -> int:
+        """V: ``value_steps``, or a third of ``steps`` (at least 1)."""
+        return self.value_steps if self.value_steps is not None else max(1, self.steps // 3)
+
     def settings(self) -> dict:
         """What the container records about how the concept was made (no local paths)."""
-        return {key: value for key, value in asdict(self).items() if key not in self._LOCAL}
+        recorded = {key: value for key, value in asdict(self).items() if key not in self._LOCAL}
+        if self.values in (None, "binary"):
+            for key in self._VALUED:
+                recorded.pop(key)
+        else:
+            recorded["value_steps"] = self.resolved_value_steps
+        return recorded
 
     def validate(self) -> None:
         """Raise :class:`UsageError` on anything wrong that needs no model to see."""
@@ -108,6 +129,7 @@ class SearchConfig:
             raise UsageError(f"--prior-weight must be >= 0, got {self.prior_weight}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UsageError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        check_values(self.values, self.value_steps, self.value_lr)
 
 
 @dataclass(kw_only=True)
@@ -172,6 +194,7 @@ class RefineConfig(SearchConfig):
     containers: list[str | Path]
     data: dict[str, str | Path]
     class_images: dict[str, str | Path] | str | Path | None = None
+    values: str | None = None  # None: the most precise kind among the inputs (trainer.values)
 
     def validate(self) -> None:
         super().validate()
@@ -246,6 +269,26 @@ def check_selection(tau: float | None, sparsity: float | None) -> None:
         raise UsageError(f"--sparsity is a fraction in (0, 1), got {sparsity}")
     if tau is not None and tau <= 0:
         raise UsageError(f"--tau must be positive (Algorithm 1), got {tau}")
+
+
+#: What --values takes (conesfmt.VALUE_KINDS), and what each stores per neuron.
+VALUE_CHOICES = {
+    "binary": "no value, the entry is shut",
+    "q4": "2 bits, four levels per layer",
+    "fp16": "16 bits",
+    "fp32": "32 bits",
+}
+
+
+def check_values(values: str | None, value_steps: int | None, value_lr: float | None) -> None:
+    """``values`` one of VALUE_CHOICES (None: refine's "as the inputs"); V >= 1; the step > 0."""
+    if values is not None and values not in VALUE_CHOICES:
+        kinds = "; ".join(f"{kind}: {what}" for kind, what in VALUE_CHOICES.items())
+        raise UsageError(f"--values must be one of {', '.join(VALUE_CHOICES)} ({kinds}), got {values!r}")
+    if value_steps is not None and value_steps < 1:
+        raise UsageError(f"--value-steps must be at least 1, got {value_steps}")
+    if value_lr is not None and value_lr <= 0:
+        raise UsageError(f"--value-lr must be positive, got {value_lr}")
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:

@@ -4,6 +4,10 @@ The loss is the sum of every subject's implanting loss (its own images, its
 own prompts from its container's metadata, and the prior of its class
 word); xi is trainable only on the union of the input masks, so the refined
 mask is a subset of that union. It runs the same loop as ``cones train``.
+Valued inputs (format 1.1) give a valued result: the most precise input
+kind unless ``values`` says another, with ξ trained on the refined neurons
+(trainer.values) starting from the inputs' values (their product where
+several shut one entry: what applying them all gives).
 
 >>> result = trainer.refine(model="sd15", containers=["cat.cones", "lake.cones"],
 ...                         data={"sks cat": "cat/", "zwx lake": "lake/"}, sparsity=0.02, out="both.cones")
@@ -25,8 +29,17 @@ from conesrt.torch_model import torch_value_reader
 
 from .config import RefineConfig
 from .errors import UsageError
-from .runs import TrainResult, build_container, finish, prepare_subject, search_settings, start
+from .runs import (
+    TrainResult,
+    build_container,
+    finish,
+    prepare_subject,
+    search_settings,
+    start,
+    value_settings,
+)
 from .search import search
+from .values import finest_kind, train_values
 
 
 def subject_prompts(name: str, concept: conesfmt.Concept) -> tuple[str, str, str]:
@@ -60,6 +73,22 @@ def union_masks(container: conesfmt.Container, device: torch.device) -> dict[str
             mask[container.indices(name, key)] = True
         masks[key] = torch.from_numpy(mask.reshape(layer.shape)).to(device)
     return masks
+
+
+def union_values(container: conesfmt.Container, neurons: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ξ per neuron as the input concepts give it: the product of their ξ (1 where a concept is absent)."""
+    start = {}
+    for key, chosen in neurons.items():
+        xi = np.ones(len(chosen), np.float32)
+        for name in container.concepts:
+            indices = container.indices(name, key)
+            if not indices.size or not len(chosen):
+                continue
+            rank = np.minimum(np.searchsorted(indices, chosen), indices.size - 1)
+            present = indices[rank] == chosen
+            xi[present] *= container.values(name, key)[rank[present]]
+        start[key] = xi
+    return start
 
 
 def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
@@ -114,6 +143,20 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
     found = search(
         base.unet, keys, subjects, base.noise_scheduler, search_settings(config), accelerator, trainable=masks
     )
+    kind = config.values or finest_kind([c.value_kind for c in union.concepts.values()])
+    trained = None
+    if kind != "binary":
+        trained = train_values(
+            base.unet,
+            keys,
+            subjects,
+            base.noise_scheduler,
+            found.neurons,
+            value_settings(config, kind),
+            accelerator,
+            start=union_values(union, found.neurons),
+        )
+        found.log.values = trained.log
 
     listed = [
         {
@@ -129,6 +172,13 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
         "union_entries": int(sum(int(m.sum()) for m in masks.values())),
         "subject_images": {s.name: len(s.instance) for s in subjects},
     }
+    if kind != "binary":
+        settings |= {
+            "values": kind,
+            "value_steps": config.resolved_value_steps,
+            "value_lr": config.value_lr,
+            "input_values": [c.value_kind for c in union.concepts.values()],
+        }
     metadata = {
         "method": "refine",
         "subjects": json.dumps(listed),
@@ -138,5 +188,6 @@ def refine(config: RefineConfig | None = None, **options: Any) -> TrainResult:
         "base_model": base.name,
     }
     name = config.name or " + ".join(union.concepts)
-    container = build_container(base, keys, name, found.neurons, metadata)
+    stored = trained.stored if trained is not None else None
+    container = build_container(base, keys, name, found.neurons, metadata, values=stored)
     return finish(config, accelerator, container, found, started)

@@ -91,6 +91,13 @@ def format_report(report: dict[str, Any], title: str) -> str:
                 "  note: no candidate set lowers the held-out loss below the base model's; the subject may "
                 "need more steps, other images or another --preserve-weight"
             )
+    if values := report.get("values"):
+        held = values["held_out"]
+        verdict = "kept" if values["kept"] else "not kept (no better than shut: stored as xi = 0)"
+        lines.append(
+            f"  values {values['kind']}: {values['steps']} steps, held-out loss {held['values']:.4f} "
+            f"against {held['shut']:.4f} shut, {verdict}; xi median {values['xi'].get('median', 0):.3g}"
+        )
     ratio = report["ratio_to_floor"]
     lines.append(
         f"  file {report['file_bytes']:,} bytes; floor log2 C(N,k)/8 = {report['floor_bytes']:,.0f} bytes"

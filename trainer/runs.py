@@ -32,6 +32,7 @@ from .errors import UsageError
 from .objective import Subject
 from .report import format_report, make_report, peak_memory_bytes
 from .search import SearchResult, SearchSettings
+from .values import ValueSettings, write_value_csv
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -147,6 +148,17 @@ def search_settings(config: SearchConfig) -> SearchSettings:
     )
 
 
+def value_settings(config: SearchConfig, kind: str) -> ValueSettings:
+    return ValueSettings(
+        kind=kind,
+        steps=config.resolved_value_steps,
+        lr=config.value_lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=config.progress,
+    )
+
+
 #: Weight files of a diffusers UNet folder, in the order they are hashed.
 UNET_WEIGHT_PATTERNS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")
 
@@ -168,19 +180,26 @@ def unet_digest(folder: Path) -> str:
 
 
 def build_container(
-    base: BaseModel, keys: list[str], name: str, neurons: dict[str, np.ndarray], metadata: dict[str, str]
+    base: BaseModel,
+    keys: list[str],
+    name: str,
+    neurons: dict[str, np.ndarray],
+    metadata: dict[str, str],
+    values: dict[str, Any] | None = None,
 ) -> conesfmt.Container:
     """One concept over the searched layers, with the base model's fingerprint (spec § 4).
 
     The container's metadata names the base model (its hub name or folder
     name) and the SHA-256 of its UNet weight files (``base_model_unet_sha256``).
+    ``values`` (trainer.values: Q4, float16 or float32 per layer, aligned with
+    ``neurons``) makes a valued concept (format 1.1, spec § 6.4); None: binary.
     """
     identity = {"base_model": base.name}
     if digest := unet_digest(Path(base.folder)):
         identity["base_model_unet_sha256"] = digest
     return conesfmt.Container(
         conesrt.layer_table(base.unet, keys),
-        {name: conesfmt.Concept(neurons, metadata)},
+        {name: conesfmt.Concept(neurons, metadata, values=values)},
         conesrt.fingerprint(base.unet, keys),
         {"created_by": f"cones {conesfmt.__version__}"} | identity,
     )
@@ -198,6 +217,8 @@ def finish(
     if accelerator.is_main_process:
         conesfmt.save(container, out)
         found.log.write_csv(out.with_suffix(".loss.csv"))
+        if found.log.values:
+            write_value_csv(found.log.values, out.with_suffix(".values.csv"))
     accelerator.wait_for_everyone()
     ((name, concept),) = container.concepts.items()
     report = make_report(
@@ -210,6 +231,9 @@ def finish(
         found.wanted,
         found.log.xi_travel,
     ) | {"rho": found.log.rho, "selection": found.log.selection}
+    if found.log.values:
+        per_step = ("losses", "step_seconds")
+        report["values"] = {k: v for k, v in found.log.values.items() if k not in per_step}
     if config.progress and accelerator.is_main_process:
         print(format_report(report, f"concept {name!r} -> {out}"))
     return TrainResult(out, container, report, found.log)

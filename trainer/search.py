@@ -88,6 +88,8 @@ class SearchLog:
     xi_travel: dict[str, float] = field(default_factory=dict)
     #: For a held-out choice: {"candidates": [[count, loss], ...], "base": loss, "chosen": count}.
     selection: dict = field(default_factory=dict)
+    #: How the values on the neurons were trained (trainer.values); empty for binary.
+    values: dict = field(default_factory=dict)
 
     @property
     def seconds_per_step(self) -> float:
@@ -214,14 +216,24 @@ def held_out_loss(
     scheduler: DDPMScheduler,
     batch_size: int,
     shut: Mapping[str, np.ndarray] | None,
+    values: Mapping[str, np.ndarray] | None = None,
 ) -> float:
-    """The objective with ``shut`` entries at ξ = 0 and all others at 1, on fixed held-out draws."""
+    """The objective with ``shut`` entries at ξ = 0 and all others at 1, on fixed held-out draws.
+
+    ``values`` (trainer.values) gives the shut entries ξ other than 0: one per
+    index of ``shut``, in its order.
+    """
     saved = [delta.detach().clone() for delta in xi.delta]
     try:
         for key, delta in zip(xi.keys, xi.delta, strict=True):
             delta.zero_()
             if shut is not None and len(shut[key]):
-                delta.view(-1)[torch.as_tensor(shut[key], device=delta.device)] = 1.0
+                where = torch.as_tensor(shut[key], device=delta.device)
+                if values is None:
+                    delta.view(-1)[where] = 1.0
+                else:
+                    xi_values = torch.as_tensor(np.asarray(values[key], np.float32), device=delta.device)
+                    delta.view(-1)[where] = 1.0 - xi_values
         generator = torch.Generator().manual_seed(HELD_OUT_SEED)
         total = 0.0
         for _ in range(HELD_OUT_BATCHES):

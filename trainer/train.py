@@ -15,12 +15,24 @@ from typing import Any
 import conesrt
 
 from .config import TrainConfig, select_layers, unet_keys
-from .runs import TrainResult, build_container, finish, prepare_subject, search_settings, start
+from .runs import (
+    TrainResult,
+    build_container,
+    finish,
+    prepare_subject,
+    search_settings,
+    start,
+    value_settings,
+)
 from .search import search
+from .values import train_values
 
 
 def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainResult:
     """Find the concept neurons of one subject (Algorithm A2, trainer.search) and write a container.
+
+    With ``values`` other than ``binary``, ξ is then trained on the neurons
+    found (trainer.values) and stored with them (format 1.1).
 
     Takes a :class:`TrainConfig` or its fields as keywords. Raises
     :class:`UsageError` on bad input before any heavy work. Writes
@@ -44,8 +56,21 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
         accelerator,
     )
     keep_shut = conesrt.apply(base.unet, config.keep_shut) if config.keep_shut else None
+    valued = config.values not in (None, "binary")
+    trained = None
     try:
         found = search(base.unet, keys, [subject], base.noise_scheduler, search_settings(config), accelerator)
+        if valued:
+            trained = train_values(
+                base.unet,
+                keys,
+                [subject],
+                base.noise_scheduler,
+                found.neurons,
+                value_settings(config, config.values),
+                accelerator,
+            )
+            found.log.values = trained.log
     finally:
         if keep_shut is not None:
             keep_shut.remove()
@@ -63,5 +88,6 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
         "training": json.dumps(settings, sort_keys=True),
         "base_model": base.name,
     }
-    container = build_container(base, keys, config.concept_name, found.neurons, metadata)
+    stored = trained.stored if trained is not None else None
+    container = build_container(base, keys, config.concept_name, found.neurons, metadata, values=stored)
     return finish(config, accelerator, container, found, started)

@@ -58,11 +58,16 @@ class ConceptNeuronSearch(torch.nn.Module):
         # eq. A12: gamma = xi * theta, with xi = 1 - delta; dL/d(delta) = -theta * dL/dgamma (A13).
         replaced = {
             key: theta * (1 - delta)
-            for key, theta, delta in zip(self.keys, self.thetas, self.delta, strict=True)
+            for key, theta, delta in zip(self.keys, self.thetas, self.effective_deltas(), strict=True)
         }
         return functional_call(
             self.unet, replaced, (noisy, timesteps), {"encoder_hidden_states": embeddings}
         ).sample
+
+    def effective_deltas(self) -> list[torch.Tensor]:
+        """The ``delta`` the forward uses: the parameters themselves (trainer.values reads
+        them through four levels per layer for quaternary values)."""
+        return list(self.delta)
 
     @torch.no_grad()
     def project(self) -> None:
