@@ -16,9 +16,8 @@ there also changes every image token; they are searched only on request.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
-
-from .targets import resolve
 
 #: Suffixes of the cross-attention K/V weights of a UNet (SD 1.x, 2.x, SDXL).
 UNET_SUFFIXES = (".attn2.to_k.weight", ".attn2.to_v.weight")
@@ -44,7 +43,19 @@ def searched_layers(target: Any, *, single_stream: bool = False) -> list[str]:
     >>> len(keys), keys[0]                          # FLUX.1: 19 double-stream blocks
     (38, 'transformer_blocks.0.attn.add_k_proj.weight')
     """
-    keys = list(resolve(target))
+    from .targets import resolve  # torch: searched_keys itself needs none
+
+    return searched_keys(resolve(target), single_stream=single_stream)
+
+
+def searched_keys(keys: Iterable[str], *, single_stream: bool = False) -> list[str]:
+    """:func:`searched_layers` on the state-dict keys alone, without torch (the trainer checks
+    ``--layers`` from a safetensors header before it imports torch).
+
+    >>> searched_keys(["mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight", "conv_in.weight"])
+    ['mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight']
+    """
+    keys = list(keys)
     found = [key for key in keys if key.endswith(UNET_SUFFIXES)]
     if not found:
         found = [key for key in keys if key.endswith(JOINT_SUFFIXES)]

@@ -165,13 +165,14 @@ def tiny_clip(seed: int, hidden_size: int, projection_dim: int | None = None) ->
 
 
 def write_t5_tokenizer(folder: Path) -> Path:
-    """A character-level T5 (Unigram) tokenizer: ``▁`` + letter starts a word, any other character follows."""
+    """A character-level T5 (Unigram) tokenizer: ``▁`` + letter starts a word, any other character follows;
+    32 tokens at most, as the tiny CLIPs (the trainer pads T5 prompts to that length)."""
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [(char, -2.0) for char in string.ascii_lowercase + string.digits + ".,'-"]
     pieces += [("\u2581" + char, -1.5) for char in string.ascii_lowercase + string.digits]
-    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(folder)
+    T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=32).save_pretrained(folder)
     return folder
 
 

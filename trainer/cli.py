@@ -26,7 +26,12 @@ def default(field: str):
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``refine``: the model, the descent, the selection, the hardware."""
-    parser.add_argument("--model", required=True, type=Path, help="local diffusers SD 1.x/2.x folder")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="local diffusers folder: SD 1.x/2.x, SDXL, SD3 or Flux (read from its model_index.json)",
+    )
     parser.add_argument(
         "--steps", type=int, default=default("steps"), help=f"gradient steps K (default {default('steps')})"
     )
@@ -131,8 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="find a subject's concept neurons (xi-descent) and write a .cones file",
-        description="Find the concept neurons of one subject in a Stable Diffusion model with "
-        "xi-descent (Cones, Algorithm A2) and write them as a .cones container. Prompts are "
+        description="Find the concept neurons of one subject in a diffusion model (SD 1.x/2.x, SDXL, "
+        "SD3, Flux) with xi-descent (Cones, Algorithm A2) and write them as a .cones container. Prompts are "
         '"photo of a TOKEN CLASS" and, for the prior, "photo of a CLASS".',
     )
     train.add_argument("--images", required=True, type=Path, help="folder of the subject's images")
@@ -141,7 +146,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--prompt", help='instance prompt (default "photo of a TOKEN CLASS")')
     train.add_argument("--class-prompt", help='prior prompt (default "photo of a CLASS")')
     train.add_argument("--class-images", type=Path, help="prior images; missing ones are generated into it")
-    train.add_argument("--layers", default="cross", help="cross (default), self, cross+self, or globs")
+    train.add_argument(
+        "--layers",
+        default="cross",
+        help="cross (default: a UNet's cross-attention K/V, a transformer's joint-attention text K/V), "
+        "self, cross+self, or comma-separated globs of state-dict keys",
+    )
     train.add_argument("--name", help='the concept\'s name (default "TOKEN CLASS")')
     train.add_argument(
         "--keep-shut",

@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from conesrt.families import searched_keys
+
 from .errors import UsageError
+from .families import family_of
 
 #: Layer sets by name; anything else given to --layers is a comma-separated list of globs.
 LAYER_PRESETS = {
@@ -24,7 +27,6 @@ LAYER_PRESETS = {
     "cross+self": ("*attn2.to_k.weight", "*attn2.to_v.weight", "*attn1.to_k.weight", "*attn1.to_v.weight"),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass(kw_only=True)
@@ -217,15 +219,19 @@ class RefineConfig(SearchConfig):
 
 
 def check_model_folder(model: str | Path) -> Path:
-    """A local diffusers Stable Diffusion folder with every part the trainer needs."""
+    """A local diffusers folder of a family the trainer takes (SD 1.x/2.x, SDXL, SD3, Flux; read
+    from its model_index.json, trainer.families) with every part that family needs."""
     folder = Path(model)
     if not folder.is_dir():
-        raise UsageError(f"--model {folder}: no such folder (a local diffusers Stable Diffusion folder)")
-    missing = [part for part in MODEL_PARTS if not (folder / part).is_dir()]
-    if missing:
-        parts = ", ".join(MODEL_PARTS)
         raise UsageError(
-            f"--model {folder}: missing {', '.join(missing)} (a diffusers SD folder has {parts})"
+            f"--model {folder}: no such folder (a local diffusers SD 1.x/2.x, SDXL, SD3 or Flux folder)"
+        )
+    family = family_of(folder)
+    missing = [part for part in family.parts if not (folder / part).is_dir()]
+    if missing:
+        parts = ", ".join(family.parts)
+        raise UsageError(
+            f"--model {folder}: missing {', '.join(missing)} (a diffusers {family.title} folder has {parts})"
         )
     return folder
 
@@ -303,24 +309,39 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
 
 
 def select_layers(keys: Iterable[str], layers: str) -> list[str]:
-    """The state-dict keys a layer preset or comma-separated globs select (in model order)."""
-    patterns = LAYER_PRESETS.get(layers) or tuple(p.strip() for p in layers.split(",") if p.strip())
-    chosen = [key for key in keys if any(fnmatch.fnmatchcase(key, p) for p in patterns)]
+    """The state-dict keys a layer preset or comma-separated globs select (in model order).
+
+    ``cross`` is each family's default (conesrt.families): a UNet's
+    cross-attention K/V, a transformer's joint-attention text K/V
+    (``add_k_proj`` / ``add_v_proj``).
+    """
+    keys = list(keys)
+    if layers == "cross":
+        try:
+            chosen = searched_keys(keys)
+        except ValueError:
+            chosen = []
+    else:
+        patterns = LAYER_PRESETS.get(layers) or tuple(p.strip() for p in layers.split(",") if p.strip())
+        chosen = [key for key in keys if any(fnmatch.fnmatchcase(key, p) for p in patterns)]
     if not chosen:
         raise UsageError(
-            f"--layers {layers!r} matches no weight of this UNet (presets: {', '.join(LAYER_PRESETS)})"
+            f"--layers {layers!r} matches no weight of this model's denoiser "
+            f"(presets: {', '.join(LAYER_PRESETS)}, or globs of state-dict keys)"
         )
     return chosen
 
 
 def unet_keys(model: str | Path) -> list[str]:
-    """The UNet's state-dict keys, without loading its weights.
+    """The denoiser's state-dict keys (the UNet's; SD3's or Flux's transformer's), without loading
+    its weights.
 
-    From the safetensors header when there is one (no torch needed, instant),
-    else by building the UNet from its config on the meta device.
+    From the safetensors headers when there are (no torch needed, instant),
+    else by building the denoiser from its config on the meta device.
     """
     folder = check_model_folder(model)
-    weights = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors"))
+    part = folder / family_of(folder).denoiser
+    weights = sorted(part.glob("diffusion_pytorch_model*.safetensors"))
     if weights:
         from safetensors import safe_open
 
@@ -329,9 +350,11 @@ def unet_keys(model: str | Path) -> list[str]:
             with safe_open(path, framework="numpy") as handle:
                 keys += list(handle.keys())
         return keys
+    import diffusers
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
 
+    config = diffusers.UNet2DConditionModel.load_config(part)
+    kind = getattr(diffusers, config.get("_class_name", ""), diffusers.UNet2DConditionModel)
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-    return list(unet.state_dict())
+        denoiser = kind.from_config(config)
+    return list(denoiser.state_dict())

@@ -3,7 +3,7 @@
 Subject and prior images are resized, centre-cropped, flipped (augmentation)
 and encoded by the VAE once; each step then samples latents from the cached
 Gaussians (``mean + std * noise``), as encoding each step would, at no VAE
-cost. Prompts are encoded by the text encoder once.
+cost. Prompts are encoded once, by the family's adapter (trainer.denoisers).
 
 >>> bank = encode_images(base, image_files("cat/"), resolution=512, flip=True)
 >>> latents = bank.sample(batch_size=2, generator=generator)
@@ -24,6 +24,7 @@ from conesfmt.files import replacing
 
 from .base_model import BaseModel
 from .config import IMAGE_SUFFIXES, image_files
+from .denoisers import MAX_SEQUENCE_LENGTH, Conditioning, max_sequence_length
 
 
 @dataclass
@@ -60,33 +61,40 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
 def encode_images(
     base: BaseModel, paths: list[Path], resolution: int, flip: bool, batch_size: int = 8
 ) -> LatentBank:
-    """Encode images (and their mirror images if ``flip``) to cached latent distributions."""
+    """Encode images (and their mirror images if ``flip``) to cached latent distributions.
+
+    Latents are ``(z - shift_factor) * scaling_factor`` as the VAE's config
+    says (SD3's and Flux's VAEs have a shift; SD's none). SDXL's VAE runs in
+    float32 when its config asks (``force_upcast``: it overflows in float16),
+    as its pipeline does.
+    """
     pixels = torch.stack([load_image(path, resolution) for path in paths])
     if flip:
         pixels = torch.cat([pixels, pixels.flip(-1)])
     vae = base.vae
+    weight_dtype = vae.dtype
+    upcast = base.family.name == "sdxl" and weight_dtype == torch.float16 and vae.config.get("force_upcast")
+    if upcast:
+        vae.to(torch.float32)
     means, stds = [], []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size].to(vae.device, vae.dtype)
         posterior = vae.encode(chunk).latent_dist
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
-    factor = vae.config.scaling_factor
-    return LatentBank(torch.cat(means) * factor, torch.cat(stds) * factor)
+    if upcast:
+        vae.to(weight_dtype)
+    factor, shift = vae.config.scaling_factor, vae.config.get("shift_factor")
+    mean = torch.cat(means) if shift is None else torch.cat(means) - shift
+    return LatentBank(mean * factor, torch.cat(stds) * factor)
 
 
 @torch.no_grad()
-def encode_prompt(base: BaseModel, prompt: str) -> torch.Tensor:
-    """The text encoder's last hidden state for ``prompt``, padded to the tokenizer's length."""
-    tokens = base.tokenizer(
-        prompt,
-        padding="max_length",
-        max_length=base.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    hidden = base.text_encoder(tokens.input_ids.to(base.text_encoder.device))[0]
-    return hidden.float()
+def encode_prompt(base: BaseModel, prompt: str, resolution: int | None = None) -> Conditioning:
+    """The conditioning of ``prompt`` for the base model's family (trainer.denoisers), in float32:
+    for SD 1.x/2.x the text encoder's last hidden state, padded to the tokenizer's length.
+    ``resolution`` (pixels; None: the model's own) sets SDXL's size ids."""
+    return base.adapter.encode_prompt(prompt, resolution or base.native_resolution)
 
 
 def class_image_folder(base: BaseModel, prompt: str, resolution: int, seed: int, cache: Path | None) -> Path:
@@ -126,19 +134,12 @@ def ensure_class_images(
     existing = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     missing = count - len(existing)
     if missing > 0:
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline(
-            vae=base.vae,
-            text_encoder=base.text_encoder,
-            tokenizer=base.tokenizer,
-            unet=base.unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(base.noise_scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
+        # The model's own pipeline class draws them (trainer.base_model: DPM-Solver++ for the UNet
+        # families, the flow-matching scheduler for SD3 and Flux), at its default guidance.
+        pipe = base.pipeline
+        options = {}
+        if base.family.name in MAX_SEQUENCE_LENGTH:
+            options["max_sequence_length"] = max_sequence_length(pipe, base.family.name)
         from .presentation import progress_bar
 
         # Advanced at every denoising step (by a fraction of an image), so the bar shows a rate
@@ -173,6 +174,7 @@ def ensure_class_images(
                 width=resolution,
                 generator=[torch.Generator().manual_seed(image_seed(seed, k)) for k in numbers],
                 callback_on_step_end=advance,
+                **options,
             ).images
             for number, image in zip(numbers, images, strict=True):
                 with replacing(folder / f"{number:05d}.png") as temporary:

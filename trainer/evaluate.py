@@ -18,6 +18,7 @@ import torch
 import conesfmt
 import conesrt
 
+from .denoisers import adapter_for, cast
 from .objective import Subject, implanting_loss
 
 
@@ -31,11 +32,15 @@ def held_out_loss(
     batch_size: int = 4,
     parts: bool = False,
 ) -> float | dict[str, float]:
-    """Mean implanting loss over ``batches`` fixed draws (a seed the training never uses)."""
+    """Mean implanting loss over ``batches`` fixed draws (a seed the training never uses).
+
+    ``unet`` is the denoiser of any family (a UNet or transformer), called as its family calls it.
+    """
     generator = torch.Generator().manual_seed(seed)
+    adapter = adapter_for(unet)
 
     def model(noisy, timesteps, embeddings):
-        return unet(noisy, timesteps, encoder_hidden_states=embeddings.to(unet.dtype)).sample
+        return adapter.predict(unet, noisy, timesteps, cast(embeddings, unet.dtype))
 
     totals: dict[str, float] = {}
     total = 0.0

@@ -3,7 +3,10 @@
 For each subject: the noise-prediction MSE on its images with its instance
 prompt ("photo of a sks cat"), plus ``prior_weight`` (λ) times the same loss
 on prior images of its class with the class prompt ("photo of a cat"). The
-noise schedule and the prediction type (epsilon or v) are the base model's.
+forward process and the target are the base model's own (trainer.schedules:
+epsilon or v for the UNet families, flow matching for SD3 and Flux); the
+family's conditioning and call are the model's business (trainer.denoisers),
+so this module reads the same for every family.
 
 Optionally (``preserve_weight`` μ > 0) the loss also asks the edited model to
 predict what the frozen base model predicts on the prior images, for the
@@ -25,12 +28,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
 from .data import LatentBank
+from .denoisers import Conditioning, concat_rows, repeat_rows, take_rows
+from .schedules import noise_schedule
 
-#: ``model(noisy_latents, timesteps, text_embeddings) -> prediction``
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``model(noisy_latents, timesteps, conditioning) -> prediction`` (trainer.xi wraps a denoiser so)
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 
 
 @dataclass
@@ -39,56 +43,54 @@ class Subject:
 
     name: str
     instance: LatentBank
-    instance_embedding: torch.Tensor  # (1, tokens, dim)
+    instance_embedding: Conditioning  # one row: (1, tokens, dim) for SD, named tensors otherwise
     prior: LatentBank | None = None
-    prior_embedding: torch.Tensor | None = None
+    prior_embedding: Conditioning | None = None
     prior_weight: float = 1.0
     #: μ: weight of keeping the base model's predictions on the prior images, for the class
     #: prompt and for the empty prompt (``empty_embedding``); 0 turns the term off.
     preserve_weight: float = 0.0
-    empty_embedding: torch.Tensor | None = None
+    empty_embedding: Conditioning | None = None
 
 
 def training_target(
-    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    """What the UNet should predict: the noise (epsilon) or the velocity (v), per the model."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unsupported prediction type {kind!r} (epsilon or v_prediction)")
+    """What the denoiser should predict: the noise (epsilon), the velocity (v), or for flow
+    matching ``noise - latents``, per the model's scheduler (trainer.schedules)."""
+    return noise_schedule(scheduler).target(latents, noise, timesteps)
 
 
 def implanting_loss(
     model: Denoiser,
     subjects: Sequence[Subject],
-    scheduler: DDPMScheduler,
+    scheduler,
     batch_size: int,
     generator: torch.Generator,
     reference: Denoiser | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One stochastic estimate of the (multi-)concept-implanting loss, and its parts.
 
-    All subjects' samples go through the UNet in one batch. Noise and
+    All subjects' samples go through the denoiser in one batch. Noise and
     timesteps are drawn from ``generator`` (CPU), so a seed fixes them.
+    ``scheduler`` is the model's training scheduler (or a trainer.schedules
+    schedule): it says how to noise and what to predict.
     ``reference`` (the unchanged base model) gives the targets of the
     preservation terms; it is needed when any subject has ``preserve_weight``.
     Parts are logged as ``NAME/instance``, ``NAME/prior`` and ``NAME/preserve``.
     """
-    blocks = []  # (latents, embedding, noise, timesteps), batch_size rows each
+    blocks = []  # (latents, conditioning, noise, timesteps), batch_size rows each
     terms = []  # (label, weight, block number, target: "data" or "base")
 
-    steps = scheduler.config.num_train_timesteps
+    schedule = noise_schedule(scheduler)
 
-    def block(latents: torch.Tensor, embedding: torch.Tensor, like: int | None = None) -> int:
+    def block(latents: torch.Tensor, embedding: Conditioning, like: int | None = None) -> int:
         if like is None:
             noise = torch.randn(latents.shape, generator=generator)
-            timesteps = torch.randint(steps, (batch_size,), generator=generator)
+            timesteps = schedule.draw_timesteps(batch_size, generator)
         else:  # the same noisy images under another prompt
             noise, timesteps = blocks[like][2], blocks[like][3]
-        blocks.append((latents, embedding.expand(batch_size, -1, -1), noise, timesteps))
+        blocks.append((latents, repeat_rows(embedding, batch_size), noise, timesteps))
         return len(blocks) - 1
 
     for subject in subjects:
@@ -111,10 +113,10 @@ def implanting_loss(
     device = clean.device
     noise = torch.cat([b[2] for b in blocks]).to(device)
     timesteps = torch.cat([b[3] for b in blocks]).to(device)
-    context = torch.cat([b[1] for b in blocks]).to(device)
-    noisy = scheduler.add_noise(clean, noise, timesteps)
+    context = concat_rows([b[1] for b in blocks], device)
+    noisy = schedule.add_noise(clean, noise, timesteps)
     prediction = model(noisy, timesteps, context).float()
-    data_target = training_target(scheduler, clean, noise, timesteps).float()
+    data_target = schedule.target(clean, noise, timesteps).float()
     base_target = torch.zeros_like(prediction)
     preserved = sorted({number for *_, number, kind in terms if kind == "base"})
     if preserved:
@@ -122,7 +124,7 @@ def implanting_loss(
             raise ValueError("a preservation term (preserve_weight > 0) needs the reference model")
         rows = torch.cat([torch.arange(n * batch_size, (n + 1) * batch_size) for n in preserved]).to(device)
         with torch.no_grad():
-            base_target[rows] = reference(noisy[rows], timesteps[rows], context[rows]).float()
+            base_target[rows] = reference(noisy[rows], timesteps[rows], take_rows(context, rows)).float()
     total = prediction.new_zeros(())
     logged: dict[str, float] = {}
     for label, weight, number, kind in terms:

@@ -83,6 +83,11 @@ def start(config: SearchConfig) -> tuple[Accelerator, BaseModel]:
     native = base.native_resolution
     if config.resolution is None:
         config.resolution = native
+    if config.resolution % base.latent_multiple:
+        raise UsageError(
+            f"--resolution {config.resolution}: {base.family.title} takes multiples of "
+            f"{base.latent_multiple} pixels (the VAE's stride times the transformer's 2x2 patches)"
+        )
     elif config.resolution > 2 * native and accelerator.is_main_process:
         ratio = config.resolution / native
         print(
@@ -111,7 +116,8 @@ def prepare_subject(
     missing prior images; the others wait for it, then read the same folder.
     """
     bank = encode_images(base, image_files(images), config.resolution, config.flip)
-    subject = Subject(name, bank, encode_prompt(base, instance_prompt), prior_weight=config.prior_weight)
+    instance = encode_prompt(base, instance_prompt, config.resolution)
+    subject = Subject(name, bank, instance, prior_weight=config.prior_weight)
     if config.prior_weight > 0 or config.preserve_weight > 0:
         folder = class_image_folder(base, prior_prompt, config.resolution, config.seed, class_images)
         if accelerator is None or accelerator.is_local_main_process:
@@ -129,9 +135,9 @@ def prepare_subject(
             accelerator.wait_for_everyone()
         paths = image_files(folder)[: config.num_class_images]
         subject.prior = encode_images(base, paths, config.resolution, config.flip)
-        subject.prior_embedding = encode_prompt(base, prior_prompt)
+        subject.prior_embedding = encode_prompt(base, prior_prompt, config.resolution)
         subject.preserve_weight = config.preserve_weight
-        subject.empty_embedding = encode_prompt(base, "")
+        subject.empty_embedding = encode_prompt(base, "", config.resolution)
     return subject
 
 
@@ -159,19 +165,20 @@ def value_settings(config: SearchConfig, kind: str) -> ValueSettings:
     )
 
 
-#: Weight files of a diffusers UNet folder, in the order they are hashed.
+#: Weight files of a diffusers UNet (or transformer) folder, in the order they are hashed.
 UNET_WEIGHT_PATTERNS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")
 
 
-def unet_digest(folder: Path) -> str:
-    """SHA-256 of the UNet's weight files' bytes, in name order: which weights a container was made on.
+def unet_digest(folder: Path, part: str = "unet") -> str:
+    """SHA-256 of the denoiser's weight files' bytes (``part``: ``unet``, or ``transformer`` for
+    SD3 and Flux), in name order: which weights a container was made on.
 
     The folder's name says little (``model``, ``stable-diffusion-v1-5``); for
     a UNet in one file this is what ``sha256sum unet/diffusion_pytorch_model.safetensors``
     prints. About 2 s per GB; "" when the folder has no weight file.
     """
     digest = hashlib.sha256()
-    files = sorted({path for pattern in UNET_WEIGHT_PATTERNS for path in (folder / "unet").glob(pattern)})
+    files = sorted({path for pattern in UNET_WEIGHT_PATTERNS for path in (folder / part).glob(pattern)})
     for path in files:
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 24):
@@ -190,13 +197,15 @@ def build_container(
     """One concept over the searched layers, with the base model's fingerprint (spec § 4).
 
     The container's metadata names the base model (its hub name or folder
-    name) and the SHA-256 of its UNet weight files (``base_model_unet_sha256``).
+    name) and the SHA-256 of its UNet weight files (``base_model_unet_sha256``; for SD3 and Flux
+    its transformer's, ``base_model_transformer_sha256``).
     ``values`` (trainer.values: Q4, float16 or float32 per layer, aligned with
     ``neurons``) makes a valued concept (format 1.1, spec § 6.4); None: binary.
     """
     identity = {"base_model": base.name}
-    if digest := unet_digest(Path(base.folder)):
-        identity["base_model_unet_sha256"] = digest
+    part = base.family.denoiser
+    if digest := unet_digest(Path(base.folder), part):
+        identity[f"base_model_{part}_sha256"] = digest
     return conesfmt.Container(
         conesrt.layer_table(base.unet, keys),
         {name: conesfmt.Concept(neurons, metadata, values=values)},

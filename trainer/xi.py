@@ -12,7 +12,7 @@ never move. ``delta`` starts at 0, where float32 resolves such steps exactly.
 Then ``M_p = delta / rho`` (eq. A19) and the rule is ``delta > rho * tau``.
 
 >>> search = ConceptNeuronSearch(unet, keys)
->>> prediction = search(noisy_latents, timesteps, text_embeddings)   # UNet with xi * theta
+>>> prediction = search(noisy_latents, timesteps, text_embeddings)   # the denoiser with xi * theta
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from .denoisers import Conditioning, adapter_for
+
 
 class ConceptNeuronSearch(torch.nn.Module):
-    """The UNet with ``theta * (1 - delta)`` in place of each searched weight.
+    """The denoiser (a UNet or transformer) with ``theta * (1 - delta)`` in place of each searched weight.
 
-    Only ``delta`` (float32, one per searched entry) is a parameter; the UNet
-    is held but not registered as a submodule, so it is never trained, never
-    cast, and never synchronised between processes. ``trainable`` restricts
+    Only ``delta`` (float32, one per searched entry) is a parameter; the
+    denoiser is held but not registered as a submodule, so it is never
+    trained, never cast, and never synchronised between processes. It is
+    called as its family calls it (trainer.denoisers.adapter_for). ``trainable`` restricts
     the search to given entries (joint refine, sec. 3.3): elsewhere the
     gradient is zeroed, so delta stays 0 (xi stays 1).
     """
@@ -39,6 +42,7 @@ class ConceptNeuronSearch(torch.nn.Module):
     ):
         super().__init__()
         object.__setattr__(self, "unet", unet)
+        self.adapter = adapter_for(unet)
         self.keys = list(keys)
         weights = unet.state_dict(keep_vars=True)
         object.__setattr__(self, "thetas", [weights[key] for key in self.keys])  # frozen, not registered
@@ -54,15 +58,17 @@ class ConceptNeuronSearch(torch.nn.Module):
                 self.register_buffer(f"_trainable_{len(self._buffers)}", mask, persistent=False)
                 delta.register_hook(lambda grad, mask=mask: grad * mask)
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: Conditioning) -> torch.Tensor:
         # eq. A12: gamma = xi * theta, with xi = 1 - delta; dL/d(delta) = -theta * dL/dgamma (A13).
         replaced = {
             key: theta * (1 - delta)
             for key, theta, delta in zip(self.keys, self.thetas, self.effective_deltas(), strict=True)
         }
-        return functional_call(
-            self.unet, replaced, (noisy, timesteps), {"encoder_hidden_states": embeddings}
-        ).sample
+
+        def call(**inputs):
+            return functional_call(self.unet, replaced, (), inputs)
+
+        return self.adapter.predict(call, noisy, timesteps, embeddings)
 
     def effective_deltas(self) -> list[torch.Tensor]:
         """The ``delta`` the forward uses: the parameters themselves (trainer.values reads
@@ -76,10 +82,10 @@ class ConceptNeuronSearch(torch.nn.Module):
             delta.clamp_(0.0, 1.0)
 
     def reference(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: Conditioning
     ) -> torch.Tensor:
         """The unchanged base model's prediction (xi = 1 everywhere)."""
-        return self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        return self.adapter.predict(self.unet, noisy, timesteps, embeddings)
 
     def deltas(self) -> dict[str, np.ndarray]:
         """``1 - xi`` per searched weight, as float32 numpy arrays (flattened)."""
