@@ -58,9 +58,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         "the count with the lowest held-out loss)",
     )
     parser.add_argument(
-        "--values",
-        choices=list(VALUE_CHOICES),
+        "--values",  # checked by SearchConfig.validate, for the one-line error of every option
         default=None,
+        metavar="{" + ",".join(VALUE_CHOICES) + "}",
         help="what the container stores on each concept neuron: "
         + "; ".join(f"{kind}: {what}" for kind, what in VALUE_CHOICES.items())
         + ". Other than binary, xi is then trained on the found neurons only, starting shut, and "
