@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+# Under pytest-xdist every core runs a worker: one thread each (also for the CLI subprocesses the
+# tests start), since two threads on a busy core run several times slower than one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # diffusers and transformers log advice meant for hub users; keep test output readable.
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -31,3 +37,8 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=20, deadline=None)
 settings.load_profile("ci")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)

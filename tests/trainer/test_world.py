@@ -19,9 +19,6 @@ MAX_MODEL_BYTES = 20 * 1024 * 1024
 @pytest.fixture(scope="module")
 def pipeline():
     os.environ["HF_HUB_OFFLINE"] = "1"  # a hub call would fail loudly instead of hanging
-    import torch
-
-    torch.set_num_threads(2)
     return world.load_pipeline()
 
 
