@@ -29,8 +29,10 @@ class CompactIndices:
         buckets = int(indices[-1] >> _BUCKET_BITS) + 1 if indices.size else 0
         # Bucket offsets pay off unless the layer is huge and the indices few.
         if 8 * (buckets + 1) <= 2 * indices.size or buckets <= 64:
-            self._low = (indices & 0xFFFF).astype(np.uint16)
-            self._starts = np.searchsorted(indices >> _BUCKET_BITS, np.arange(buckets + 1)).astype(np.int64)
+            # An integer cast keeps the low 16 bits; bucket b starts at the first index >= b << 16.
+            self._low = indices.astype(np.uint16)
+            edges = np.arange(buckets + 1, dtype=np.int64) << _BUCKET_BITS
+            self._starts = np.searchsorted(indices, edges).astype(np.int64)
             self._plain = None
         else:
             self._low = self._starts = None
@@ -41,7 +43,8 @@ class CompactIndices:
         if self._plain is not None:
             return self._plain.astype(np.int64)
         bases = np.arange(self._starts.size - 1, dtype=np.int64) << _BUCKET_BITS
-        return np.repeat(bases, np.diff(self._starts)) + self._low
+        indices = np.repeat(bases, np.diff(self._starts))
+        return np.add(indices, self._low, out=indices)
 
     @property
     def nbytes(self) -> int:

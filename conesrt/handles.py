@@ -18,7 +18,7 @@ from .composition import Factors
 from .fit import check_fits
 from .ledger import LOCK, Shutting, existing_ledger, restore, shut
 from .sources import ContainerLike, load_containers, select_concepts, strengths_for
-from .targets import resolve
+from .targets import Shapes, resolve
 from .torch_model import torch_value_reader
 
 _SERIAL = itertools.count()
@@ -131,7 +131,7 @@ def apply(
     """
     with LOCK:
         tensors = resolve(target)
-        shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+        shapes = Shapes(tensors)
         loaded = load_containers(containers, shapes)  # layer tables checked before any index is decoded
         plan = select_concepts(loaded, concepts)
         strengths = strengths_for(plan, strength, len(loaded))
