@@ -33,6 +33,7 @@ from .objective import Subject
 from .report import format_report, make_report, peak_memory_bytes
 from .search import SearchResult, SearchSettings
 from .values import ValueSettings, write_value_csv
+from .xi import enable_gradient_checkpointing
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -96,7 +97,7 @@ def start(config: SearchConfig) -> tuple[Accelerator, BaseModel]:
             file=sys.stderr,
         )
     if config.gradient_checkpointing:
-        base.unet.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(base.denoiser)  # recomputes with xi * theta, not theta
     return accelerator, base
 
 

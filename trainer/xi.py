@@ -13,6 +13,9 @@ Then ``M_p = delta / rho`` (eq. A19) and the rule is ``delta > rho * tau``.
 
 >>> search = ConceptNeuronSearch(unet, keys)
 >>> prediction = search(noisy_latents, timesteps, text_embeddings)   # the denoiser with xi * theta
+
+Gradient checkpointing (``--gradient-checkpointing``) must recompute each
+block with the weights the forward substituted: :func:`enable_gradient_checkpointing`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch.func import functional_call
 
 from .denoisers import Conditioning, adapter_for
@@ -93,6 +97,37 @@ class ConceptNeuronSearch(torch.nn.Module):
             key: delta.detach().float().cpu().numpy().reshape(-1)
             for key, delta in zip(self.keys, self.delta, strict=True)
         }
+
+
+def checkpoint_substituted(block: torch.nn.Module, *args, **kwargs):
+    """diffusers' ``gradient_checkpointing_func`` for a denoiser called through ``functional_call``.
+
+    torch's checkpoint runs the block again in the backward pass, after
+    :meth:`ConceptNeuronSearch.forward` has put the frozen ``theta`` back:
+    the default recompute sees weights that need no gradient, saves other
+    tensors than the forward did, and torch refuses ("a different number of
+    tensors was saved"). Here the block's weights as the forward sees them
+    (``theta * (1 - delta)`` where substituted, the block's own elsewhere)
+    are captured at the forward and substituted again for the recompute, so
+    the gradient of delta is the one without checkpointing.
+
+    >>> unet.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_substituted)
+    """
+    weights = dict(block.named_parameters())  # during the forward: the substituted tensors
+
+    def run(*inputs, **named):
+        return functional_call(block, weights, inputs, named)
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+
+def enable_gradient_checkpointing(denoiser: torch.nn.Module) -> None:
+    """Checkpoint the denoiser's blocks (diffusers' own choice of blocks) so that they recompute
+    with the substituted weights (:func:`checkpoint_substituted`).
+
+    >>> enable_gradient_checkpointing(base.denoiser)   # then ConceptNeuronSearch(base.denoiser, keys)
+    """
+    denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_substituted)
 
 
 def neurons_by_threshold(deltas: Mapping[str, np.ndarray], rho: float, tau: float) -> dict[str, np.ndarray]:
