@@ -11,7 +11,6 @@ own pipeline class (``DiffusionPipeline.from_pretrained``), whose
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,7 @@ from .config import check_model_folder
 from .denoisers import DenoiserAdapter, adapter_for
 from .errors import UsageError
 from .families import Family, family_of
-
-#: Components a pipeline may list that the trainer never needs (nothing is checked offline).
-UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+from .pipelines import components_left_out
 
 
 @dataclass
@@ -165,11 +162,8 @@ def load_pipeline_parts(folder: Path, weight_dtype: torch.dtype):
         FlowMatchEulerDiscreteScheduler,
     )
 
-    listed = json.loads((folder / "model_index.json").read_text())
     # Components saved as null (SD3 without T5: text_encoder_3, tokenizer_3) must be passed as None.
-    absent = {name for name, entry in listed.items() if isinstance(entry, list) and entry[:1] == [None]}
-    unused = {name: None for name in absent | {n for n in UNUSED_COMPONENTS if n in listed}}
-    pipeline = DiffusionPipeline.from_pretrained(folder, dtype=weight_dtype, **unused)
+    pipeline = DiffusionPipeline.from_pretrained(folder, dtype=weight_dtype, **components_left_out(folder))
     if isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler):
         noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
     else:
