@@ -59,7 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", default="pxr,vnt", help="comma-separated world subjects")
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--seed", type=int, default=protocol.TEST.training_seeds[0])
+    parser.add_argument(
+        "--seeds", default=str(protocol.TEST.training_seeds[0]), help="training seeds (the strip: the first)"
+    )
     parser.add_argument("--strip-seeds", type=int, default=8, help="seeds scored per strip cell")
     parser.add_argument("--work", type=Path, default=Path("/work/exp/values-work"))
     parser.add_argument("--json", type=Path, default=Path("docs/values.json"))
@@ -73,7 +75,13 @@ def main() -> None:
     state.setdefault("rows", [])
     state.setdefault("seconds", 0.0)
     started = time.perf_counter()
-    done = {(r["subject"], r["method"]) for r in state["rows"]}
+    for row in state["rows"]:  # rows of the first runs, which had one seed, 0
+        if row["method"] != "base model":
+            row.setdefault("seed", protocol.TEST.training_seeds[0])
+    done = {(r["subject"], r["method"], r.get("seed")) for r in state["rows"]}
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    command = " ".join(["python", *sys.argv])
+    state["commands"] = list(dict.fromkeys([*state.get("commands", []), command]))
     pipe = world.load_pipeline()
     measure = None  # the base model's prior images are drawn once, on first need
     tokens = args.subjects.split(",")
@@ -83,7 +91,6 @@ def main() -> None:
         state.update(
             date=str(date.today()),
             machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}",
-            command=" ".join(["python", *sys.argv]),
             seconds=state["seconds"] + time.perf_counter() - started,
             defaults={
                 k: getattr(SearchConfig, k)
@@ -92,19 +99,25 @@ def main() -> None:
         )
         args.json.write_text(json.dumps(state, indent=1) + "\n")
 
-    made = {token: containers(world.subject(token), kinds, args.seed, args.work) for token in tokens}
+    made = {
+        (token, seed): containers(world.subject(token), kinds, seed, args.work)
+        for seed in seeds
+        for token in tokens
+    }
     if not args.no_strip and len(tokens) >= 2 and "strip" not in state:
         first, second = (world.subject(t) for t in tokens[:2])
         strip = interpolation_strip(
-            pipe, first, second, args.seed, args.work, args.strip, args.strip_seeds, kinds
+            pipe, first, second, seeds[0], args.work, args.strip, args.strip_seeds, kinds
         )
         state["strip"] = strip
         save()
-    for token, paths in made.items():
+    for (token, seed), paths in made.items():
         subject = world.subject(token)
         for method in ["base model", *kinds]:
-            if (token, method) in done:
+            key = (token, method, None if method == "base model" else seed)
+            if key in done:
                 continue
+            done.add(key)
             if measure is None:
                 measure = protocol.Judged(pipe, protocol.TEST)
             began = time.perf_counter()
@@ -113,7 +126,7 @@ def main() -> None:
             else:
                 container = conesfmt.load(paths[method])
                 with conesrt.apply(pipe, container):
-                    row = {"subject": token, "method": method} | clean(measure([subject]))
+                    row = {"subject": token, "method": method, "seed": seed} | clean(measure([subject]))
                 row |= described(container, paths[method])
             row["measure_seconds"] = time.perf_counter() - began
             state["rows"].append(row)
@@ -276,20 +289,31 @@ def show(row: dict) -> None:
 def summary(state: dict) -> None:
     print(f"\n# Values on concept neurons — {state['date']} — {state['machine']}\n")
     print(
-        "| subject | values | shut | fidelity | context | prior kept | prior attributes "
+        "| subject | values | seed | shut | fidelity | context | prior kept | prior attributes "
         "| file bytes | value bytes | held-out loss (valued / shut) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in state["rows"]:
         cells = [f"{row[k]:.3f}" for k in MEASURES]
         held = (
             f"{row['held_out_values']:.5f} / {row['held_out_shut']:.5f}" if "held_out_values" in row else "—"
         )
         print(
-            f"| {row['subject']} | {row['method']} | {row.get('shut', '—')} | "
+            f"| {row['subject']} | {row['method']} | {row.get('seed', '—')} | {row.get('shut', '—')} | "
             + " | ".join(cells)
             + f" | {row.get('file_bytes', '—')} | {row.get('values_bytes', '—')} | {held} |"
         )
+    print("\nmean over seeds:\n")
+    print("| subject | values | seeds | fidelity | context | prior kept | prior attributes | file bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for subject in dict.fromkeys(r["subject"] for r in state["rows"]):
+        for method in ("base model", *KINDS):
+            chosen = [r for r in state["rows"] if r["subject"] == subject and r["method"] == method]
+            if not chosen:
+                continue
+            cells = [f"{np.mean([r[k] for r in chosen]):.3f}" for k in MEASURES]
+            size = f"{np.mean([r['file_bytes'] for r in chosen]):.0f}" if "file_bytes" in chosen[0] else "—"
+            print(f"| {subject} | {method} | {len(chosen)} | " + " | ".join(cells) + f" | {size} |")
 
 
 if __name__ == "__main__":
