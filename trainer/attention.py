@@ -11,6 +11,10 @@ map over the image before, and after.
 
 Queries and keys are read by forward hooks on each ``attn2.to_q`` and
 ``attn2.to_k``, so any attention processor (SDPA included) runs unchanged.
+Any UNet pipeline works (SD 1.x, 2.x, SDXL). SD3 and Flux have no
+cross-attention: their joint attention takes one softmax over text and image
+tokens together (after q/k norms, and Flux's rotary embedding), which is not
+the map of Fig. 2, and is not drawn here (:data:`JOINT_ATTENTION`).
 
     cones attention --model M --prompt "a photo of a sks star" --container sks.cones --out attention.png
 
@@ -28,6 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+#: Why a transformer pipeline (SD3, Flux) gets no maps.
+JOINT_ATTENTION = (
+    "attention maps are read from a UNet's cross-attention (SD 1.x, 2.x, SDXL); SD3 and Flux have "
+    "joint attention instead (one softmax over text and image tokens together), which cones does not "
+    "draw"
+)
 
 
 @dataclass
@@ -105,10 +116,14 @@ def attention_maps(
 ) -> AttentionMaps:
     """Generate one image for ``prompt`` and record each token's cross-attention map.
 
-    ``pipe`` is a diffusers Stable Diffusion pipeline (its UNet as it is now:
-    apply containers first to see their effect). ``size`` in pixels (default:
-    the model's own). Raises ``ValueError`` if the UNet has no cross-attention.
+    ``pipe`` is a diffusers UNet pipeline, SD 1.x/2.x or SDXL (its UNet as it
+    is now: apply containers first to see their effect). ``size`` in pixels
+    (default: the model's own). Raises ``ValueError`` for a transformer
+    pipeline (SD3, Flux: :data:`JOINT_ATTENTION`) or a UNet without
+    cross-attention.
     """
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(f"{type(pipe).__name__}: {JOINT_ATTENTION}")
     recorder = _Recorder(pipe.unet)
     if not recorder.handles:
         raise ValueError("this UNet has no cross-attention layers (attn2) to record")

@@ -68,9 +68,7 @@ class BaseModel:
     def native_resolution(self) -> int:
         """The pixel size the model was made for: its pipeline's default sample size (the
         denoiser's, in latents) times the VAE's stride."""
-        stride = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        sample = getattr(self.pipeline, "default_sample_size", None) or self.denoiser.config.sample_size
-        return int(sample) * stride
+        return native_resolution(self.pipeline, self.denoiser)
 
     @property
     def latent_multiple(self) -> int:
@@ -92,6 +90,18 @@ class BaseModel:
         ):
             return origin.removesuffix(f"/{self.family.denoiser}")
         return self.folder.resolve().name
+
+
+def native_resolution(pipeline: Any, denoiser: torch.nn.Module) -> int:
+    """The pixel size a pipeline was made for: its default sample size (the denoiser's, in
+    latents) times the VAE's stride.
+
+    >>> native_resolution(sdxl_pipe, sdxl_pipe.unet)
+    1024
+    """
+    stride = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+    sample = getattr(pipeline, "default_sample_size", None) or denoiser.config.sample_size
+    return int(sample) * stride
 
 
 def load_base_model(model: str | Path, device: torch.device, weight_dtype: torch.dtype) -> BaseModel:

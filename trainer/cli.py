@@ -199,7 +199,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "applied (same seed), record where the image attends to each word in every cross-attention "
         "layer, and draw one row per word: its map before | after, with its share of attention.",
     )
-    attention.add_argument("--model", required=True, type=Path, help="local diffusers SD 1.x/2.x folder")
+    attention.add_argument(
+        "--model", required=True, type=Path, help="local diffusers SD 1.x/2.x or SDXL folder (UNet models)"
+    )
     attention.add_argument("--prompt", required=True, help='e.g. "a photo of a sks cat"')
     attention.add_argument(
         "containers", nargs="*", type=Path, metavar="CONTAINER", help=".cones files to apply for 'after'"
@@ -223,7 +225,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--out", type=Path, default=Path("cones-demo"), help="output folder (default cones-demo)"
     )
-    demo.add_argument("--model", type=Path, help="another diffusers SD folder (default: the embedded world)")
+    demo.add_argument(
+        "--model",
+        type=Path,
+        help="another diffusers SD 1.x/2.x, SDXL, SD3 or Flux folder (default: the embedded world)",
+    )
+    demo.add_argument("--resolution", type=int, help="pixels, with --model (default: the model's own)")
+    demo.add_argument("--sampling-steps", type=int, help="denoising steps, with --model (default 30)")
     demo.add_argument("--images", type=Path, help="another subject's images (with --token and --class-word)")
     demo.add_argument(
         "--subject",
@@ -243,9 +251,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _attention(args: argparse.Namespace) -> int:
+    from .attention import JOINT_ATTENTION
     from .config import check_model_folder, check_out
+    from .families import family_of
 
     check_model_folder(args.model)
+    if (family := family_of(args.model)).denoiser != "unet":
+        raise UsageError(f"--model {args.model}: a {family.title} folder; {JOINT_ATTENTION}")
     check_out(args.out, args.overwrite)
     for path in args.containers:
         if not path.is_file():
@@ -299,16 +311,27 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,
+        resolution=args.resolution,
+        sampling_steps=args.sampling_steps,
     )
     print(format_demo(report, args.out))
     return 0
+
+
+#: What the demo's summary calls the searched layers, per family (trainer.families).
+SEARCHED = {
+    "sd": "cross-attention K/V",
+    "sdxl": "cross-attention K/V",
+    "sd3": "joint-attention text K/V",
+    "flux": "joint-attention text K/V",
+}
 
 
 def format_demo(report: dict, out: Path) -> str:
     lines = [
         "",
         f"cones demo: concept neurons of a {report['subject']['token']} {report['subject']['class_word']}",
-        f"  shut {report['shut']:,} of {report['searched']:,} cross-attention K/V entries "
+        f"  shut {report['shut']:,} of {report['searched']:,} {SEARCHED[report.get('family', 'sd')]} entries "
         f"({100 * report['sparsity']:.2f} %), container {report['container_bytes']:,} bytes",
     ]
     if "before" in report:

@@ -8,6 +8,11 @@ the ``.cones`` file, ``grid.png`` (before | after, same seeds) and
 ``report.json``, and ``attention.png`` (each word's cross-attention map for the
 subject prompt, before | after: the paper's Fig. 2).
 
+``--model`` takes any folder ``cones train`` takes (SD 1.x/2.x, SDXL, SD3,
+Flux), loaded as its own pipeline class and drawn at its own resolution and
+default guidance. SD3 and Flux have no cross-attention (trainer.attention:
+joint attention), so their demo draws no ``attention.png``.
+
 >>> report = run_demo(out="cones-demo")   # the bundled world and its "zwx background"
 >>> report["after"]["subject_score"] > report["before"]["subject_score"]
 True
@@ -55,19 +60,37 @@ def _world_prompts(subject: DemoSubject) -> list[tuple[str, str]]:
     ]
 
 
-def unet_digest(unet) -> str:
-    """SHA-256 of every UNet weight's bytes, in state-dict order: equal digests, equal bits."""
+def denoiser_of(pipe):
+    """The pipeline's UNet (SD 1.x, 2.x, SDXL) or transformer (SD3, Flux)."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
+def default_guidance(pipe) -> float:
+    """The guidance scale the pipeline's own ``__call__`` defaults to (SD 7.5, SDXL 5, SD3 7,
+    Flux's embedded 3.5)."""
+    import inspect
+
+    return float(inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default)
+
+
+def denoiser_digest(denoiser) -> str:
+    """SHA-256 of every weight's bytes of the UNet or transformer, in state-dict order: equal
+    digests, equal bits."""
     import torch
 
     digest = hashlib.sha256()
-    for key, tensor in unet.state_dict().items():
+    for key, tensor in denoiser.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def generate(pipe, prompts: list[str], seeds: tuple[int, ...], steps: int, guidance: float, size: int):
-    """One image per (prompt, seed); each seed's generator starts afresh, so runs compare image by image."""
+def generate(
+    pipe, prompts: list[str], seeds: tuple[int, ...], steps: int, guidance: float, size: int, **options
+):
+    """One image per (prompt, seed); each seed's generator starts afresh, so runs compare image by image.
+    ``options`` go to the pipeline (SD3's and Flux's ``max_sequence_length``)."""
     import torch
 
     images = []
@@ -83,6 +106,7 @@ def generate(pipe, prompts: list[str], seeds: tuple[int, ...], steps: int, guida
                     height=size,
                     width=size,
                     generator=generator,
+                    **options,
                 ).images[0]
             )
         images.append(row)
@@ -158,6 +182,8 @@ def run_demo(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    resolution: int | None = None,
+    sampling_steps: int | None = None,
     **search: Any,
 ) -> dict[str, Any]:
     """Run the demo and return its report (also written to ``out/report.json``).
@@ -166,13 +192,18 @@ def run_demo(
     ``SEARCH_OVERRIDES`` (``steps=20`` for a quick look), None meaning the default.
 
     Default: the bundled world and its subject ``subject`` (``zwx``, a yellow background).
-    ``model`` (a diffusers SD folder) and ``images`` (with ``token`` and
-    ``class_word``) replace them; the judge's metrics are only measured on
-    the bundled world, which is what it was trained on.
+    ``model`` (a diffusers SD 1.x/2.x, SDXL, SD3 or Flux folder) and ``images``
+    (with ``token`` and ``class_word``) replace them; the judge's metrics are
+    only measured on the bundled world, which is what it was trained on.
+    ``resolution`` (pixels; default the model's own) and ``sampling_steps``
+    (default 30) set how another model draws and trains; the world has its own.
     """
     import conesrt
 
     from . import world
+    from .base_model import native_resolution
+    from .denoisers import MAX_SEQUENCE_LENGTH, adapter_for, max_sequence_length
+    from .pipelines import load_pipeline
     from .train import train_concept
 
     started = time.perf_counter()
@@ -180,6 +211,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     bundled = model is None
     model_dir = Path(model) if model is not None else world.MODEL_DIR
+    if bundled and (resolution or sampling_steps):
+        raise UsageError("--resolution and --sampling-steps go with --model: the world draws as it was made")
     if images is None:
         if not bundled:
             raise UsageError("with --model, give the subject's --images (and --token, --class-word)")
@@ -193,9 +226,6 @@ def run_demo(
             raise UsageError("with --images, give --class-word (and --token, default sks)")
         the_subject = DemoSubject(token or "sks", class_word, Path(images))
 
-    size = world.IMAGE_SIZE if bundled else 512
-    steps_sampling = world.NUM_INFERENCE_STEPS if bundled else 30
-    guidance = world.GUIDANCE_SCALE if bundled else 7.5
     prompts = (
         _world_prompts(the_subject)
         if bundled
@@ -206,12 +236,22 @@ def run_demo(
     )
 
     timings: dict[str, float] = {}
-    pipe = world.load_pipeline(model_dir)  # any diffusers SD folder, offline
-    pipe.to(device)
-    digest_before = unet_digest(pipe.unet)
+    if bundled:
+        pipe = world.load_pipeline(model_dir).to(device)
+        size, steps_sampling, guidance = world.IMAGE_SIZE, world.NUM_INFERENCE_STEPS, world.GUIDANCE_SCALE
+    else:
+        pipe = load_pipeline(model_dir, device)  # the folder's own pipeline class, offline
+        size = resolution or native_resolution(pipe, denoiser_of(pipe))
+        steps_sampling, guidance = sampling_steps or 30, default_guidance(pipe)
+    denoiser = denoiser_of(pipe)
+    family = adapter_for(denoiser).family
+    drawing = {}
+    if family in MAX_SEQUENCE_LENGTH:  # SD3, Flux: as many T5 tokens as training and prior images use
+        drawing["max_sequence_length"] = max_sequence_length(pipe, family)
+    digest_before = denoiser_digest(denoiser)
 
     clock = time.perf_counter()
-    before = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size)
+    before = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size, **drawing)
     timings["generate_before_s"] = time.perf_counter() - clock
 
     unknown = set(search) - set(SEARCH_OVERRIDES)
@@ -243,19 +283,21 @@ def run_demo(
 
     subject_prompt = prompts[0][0]
     attention = dict(seed=SEEDS[0], steps=steps_sampling, guidance=guidance, size=size)
-    attention_before = attention_maps(pipe, subject_prompt, **attention)
+    with_maps = getattr(pipe, "unet", None) is not None  # SD3, Flux: joint attention, no maps
+    attention_before = attention_maps(pipe, subject_prompt, **attention) if with_maps else None
     clock = time.perf_counter()
     handle = conesrt.apply(pipe, container_path)
     timings["apply_ms"] = 1e3 * (time.perf_counter() - clock)
     clock = time.perf_counter()
-    after = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size)
+    after = generate(pipe, [p for p, _ in prompts], SEEDS, steps_sampling, guidance, size, **drawing)
     timings["generate_after_s"] = time.perf_counter() - clock
-    attention_after = attention_maps(pipe, subject_prompt, **attention)
-    draw(attention_before, attention_after, out / "attention.png")
+    if with_maps:
+        attention_after = attention_maps(pipe, subject_prompt, **attention)
+        draw(attention_before, attention_after, out / "attention.png")
     clock = time.perf_counter()
     handle.remove()
     timings["remove_ms"] = 1e3 * (time.perf_counter() - clock)
-    digest_after = unet_digest(pipe.unet)
+    digest_after = denoiser_digest(denoiser)
 
     rows = [(prompt, role, b, a) for (prompt, role), b, a in zip(prompts, before, after, strict=True)]
     draw_grid([(prompt, b, a) for prompt, _, b, a in rows], out / "grid.png")
@@ -266,6 +308,8 @@ def run_demo(
             "images": str(the_subject.images),
         },
         "model": str(model_dir),
+        "family": family,
+        "resolution": size,
         "container": str(container_path),
         "container_bytes": container_path.stat().st_size,
         "floor_bytes": result.report["floor_bytes"],
@@ -284,17 +328,19 @@ def run_demo(
         "seeds": list(SEEDS),
         "timings": timings,
         "bit_identical_after_remove": digest_before == digest_after,
-        # per token of the subject prompt: [token, share of attention before, after]
+        # per token of the subject prompt: [token, share of attention before, after] (None: SD3, Flux)
         "attention_share": [
             [token, round(attention_before.share(i), 4), round(attention_after.share(i), 4)]
             for i, token in enumerate(attention_before.tokens)
-        ],
-        "unet_sha256": digest_before,
+        ]
+        if with_maps
+        else None,
+        "denoiser_sha256": digest_before,
     }
     if bundled and the_subject.identity is not None:
         report |= _judge_rows(rows, the_subject)
     report["total_s"] = time.perf_counter() - started
     (out / "report.json").write_text(json.dumps(report, indent=1))
     if not report["bit_identical_after_remove"]:
-        raise RuntimeError("the UNet differs after remove: this is a bug, please report it")
+        raise RuntimeError("the denoiser differs after remove: this is a bug, please report it")
     return report

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny_models import tiny_pipeline
+from tests.tiny_models import (
+    tiny_flux_pipeline,
+    tiny_pipeline,
+    tiny_sd2_pipeline,
+    tiny_sd3_pipeline,
+    tiny_sdxl_pipeline,
+)
+
+#: The tiny pipeline of each family but SD 1.x (the world's), by the name tests give it.
+BUILDERS = {
+    "sd2": tiny_sd2_pipeline,
+    "sdxl": tiny_sdxl_pipeline,
+    "sd3": tiny_sd3_pipeline,
+    "flux": tiny_flux_pipeline,
+    "flux-guidance": partial(tiny_flux_pipeline, guidance_embeds=True),  # FLUX.1-dev's guidance embedding
+}
 
 
 def subject_images(folder: Path, colour: tuple[int, int, int], seed: int, count: int = 4) -> Path:
@@ -37,6 +53,21 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "prior": root / "prior",
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def folders(world, tmp_path_factory):
+    """``folders(name)``: the saved tiny pipeline of a family, built once (SD 1.x: the tests' world)."""
+    built = {"sd1": world["model"]}
+
+    def folder(name: str) -> Path:
+        if name not in built:
+            root = tmp_path_factory.mktemp(name)
+            BUILDERS[name](root)
+            built[name] = root / "pipeline"
+        return built[name]
+
+    return folder
 
 
 def train_options(world: dict[str, Path], **overrides) -> dict:

@@ -1,4 +1,5 @@
-"""`cones attention` (the paper's Fig. 2): per-word cross-attention maps, before and after containers."""
+"""`cones attention` (the paper's Fig. 2): per-word cross-attention maps, before and after containers,
+on SD 1.x, 2.x and SDXL; SD3 and Flux refused with the reason."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 import conesfmt
 import conesrt
+from conesfmt.cli import main as cones
 from trainer.attention import attention_maps, draw
 from trainer.pipelines import load_pipeline
 
@@ -73,3 +75,30 @@ def test_cli_draws_before_and_after(world, pipe, tmp_path) -> None:
     again = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert again.returncode != 0 and "--overwrite" in again.stderr + again.stdout
     assert "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_maps_on_sd2_and_sdxl(folders, family, tmp_path, capsys) -> None:
+    """The same maps on the other UNet families (SDXL: both CLIPs' states as keys), through the
+    command line too."""
+    pipe = load_pipeline(folders(family))
+    with conesrt.apply(pipe, every_key_entry(pipe.unet)):
+        shut = attention_maps(pipe, PROMPT, seed=0, steps=2)
+    np.testing.assert_allclose(shut.maps, 1 / pipe.tokenizer.model_max_length, rtol=1e-4)
+    container = tmp_path / "keys.cones"
+    conesfmt.save(every_key_entry(pipe.unet), container)
+    out = tmp_path / "attention.png"
+    command = ["attention", "--model", str(folders(family)), "--prompt", PROMPT, str(container)]
+    assert cones([*command, "--out", str(out), "--steps", "2", "--device", "cpu"]) == 0
+    assert out.is_file() and capsys.readouterr().out.count("attention share") == len(shut.tokens)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_joint_attention_is_refused_with_a_reason(folders, family, tmp_path, capsys) -> None:
+    command = ["attention", "--model", str(folders(family)), "--prompt", PROMPT]
+    assert cones([*command, "--out", str(tmp_path / "a.png")]) == 1
+    error = capsys.readouterr().err
+    assert "SD3 and Flux have joint attention" in error and "Traceback" not in error
+    assert not (tmp_path / "a.png").exists()
+    with pytest.raises(ValueError, match="joint attention"):
+        attention_maps(load_pipeline(folders(family)), PROMPT, steps=1)

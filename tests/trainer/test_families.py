@@ -25,43 +25,15 @@ import conesfmt
 import conesrt
 from conesfmt.cli import main as cones
 from tests.conesrt.helpers import assert_bit_identical, bits, snapshot
-from tests.tiny_models import (
-    tiny_flux_pipeline,
-    tiny_sd2_pipeline,
-    tiny_sd3_pipeline,
-    tiny_sdxl_pipeline,
-)
 from trainer import UsageError
 from trainer.base_model import load_base_model
 from trainer.config import check_model_folder
 from trainer.denoisers import FLUX_GUIDANCE
 
-BUILDERS = {
-    "sd2": tiny_sd2_pipeline,
-    "sdxl": tiny_sdxl_pipeline,
-    "sd3": tiny_sd3_pipeline,
-    "flux": tiny_flux_pipeline,
-    "flux-guidance": partial(tiny_flux_pipeline, guidance_embeds=True),  # FLUX.1-dev's guidance embedding
-}
 FAMILIES = ["sd1", "sd2", "sdxl", "sd3", "flux"]
 #: What `cones train` takes from a transformer pipeline: T5 prompts at most the tiny tokenizer's 32.
 DRAW = {"height": 32, "width": 32, "num_inference_steps": 2, "output_type": "np"}
 TEXT = {"sd3": {"max_sequence_length": 32}, "flux": {"max_sequence_length": 32}}
-
-
-@pytest.fixture(scope="session")
-def folders(world, tmp_path_factory):
-    """``folders(name)``: the saved tiny pipeline of a family, built once (SD 1.x: the tests' world)."""
-    built = {"sd1": world["model"]}
-
-    def folder(name: str) -> Path:
-        if name not in built:
-            root = tmp_path_factory.mktemp(name)
-            BUILDERS[name](root)
-            built[name] = root / "pipeline"
-        return built[name]
-
-    return folder
 
 
 def draw(pipe, family: str) -> np.ndarray:
