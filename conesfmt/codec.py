@@ -83,8 +83,9 @@ def encode_planes(entries: Sequence[tuple[int, np.ndarray]]) -> list[bytes]:
 
 
 #: zstd's optimal parser with small tables and a short search, for planes of scattered small
-#: numbers (the second byte of deltas at 0.1-0.4 % density): within 2 % of the floor, where
-#: levels 1-12 lose 4-9 % to matches that cost more than the literals they replace.
+#: numbers (the second byte of deltas at 0.1-0.9 % density): 1.19-1.57 x the plane's entropy at
+#: 14-19 M bytes/s, where levels 1-12 lose 1.4-2.1 x at 25-60 M bytes/s and level 16, 1.17-1.48 x,
+#: runs at 2 M bytes/s (bench/switching.py, docs/switching.md).
 _SPARSE_PARAMETERS = dict(
     strategy=zstandard.STRATEGY_BTOPT,
     window_log=17,
@@ -103,10 +104,12 @@ def plane_parameters(plane: bytes | np.ndarray) -> int | dict[str, int]:
     Larger ones are chosen by their share ``z`` of zero bytes, which tells
     scattered small numbers from long runs: level 1 for ``z < 1/4`` or
     ``z >= 31/32`` (near-uniform bytes, or nearly all zeros: entropy coding is
-    all there is to gain), :data:`_SPARSE_PARAMETERS` for ``1/4 <= z < 5/8``,
-    level 16 for ``5/8 <= z < 29/32`` and level 9 for ``29/32 <= z < 31/32``.
-    On random masks this keeps every density within 1.05 x the floor
-    (``bench/format_size.py``).
+    all there is to gain), :data:`_SPARSE_PARAMETERS` for ``1/4 <= z < 29/32``
+    and level 9 for ``29/32 <= z < 31/32``. On random masks over SDXL's 140
+    K/V layers this writes at least 14 M indices/s (one core) at 1.008-1.052 x
+    the floor from 0.1 to 20 %; the most over 1.05 x is near 0.6 %, where only
+    zstd's slow parsers (level 16: 2 M indices/s) stay under it
+    (``bench/switching.py``, docs/switching.md).
     """
     size = len(plane)
     if size <= SMALL_PLANE_BYTES:
@@ -115,10 +118,8 @@ def plane_parameters(plane: bytes | np.ndarray) -> int | dict[str, int]:
     # Exact integer comparisons of zeros / size against the thresholds.
     if 4 * zeros < size or 32 * zeros >= 31 * size:
         return 1
-    if 8 * zeros < 5 * size:
-        return _SPARSE_PARAMETERS
     if 32 * zeros < 29 * size:
-        return 16
+        return _SPARSE_PARAMETERS
     return 9
 
 
