@@ -10,8 +10,11 @@
 (the default layers of each model family: UNets' cross-attention K/V, SD3's
 and Flux's joint-attention text K/V) need torch;
 ``bake`` (write a safetensors file with the concept neurons shut) needs only
-numpy and safetensors. Importing ``conesrt`` imports neither: each name is
-loaded on first use, so ``cones`` commands that need no torch stay fast.
+numpy and safetensors, and ``token_indices`` (where each concept's trigger
+sits in a prompt, for diffusers' Attend-and-Excite pipeline: several
+subjects in one image, docs/families.md) only the pipeline's tokenizer.
+Importing ``conesrt`` imports neither: each name is loaded on first use, so
+``cones`` commands that need no torch stay fast.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from .fit import FingerprintMismatch, FingerprintWarning
     from .handles import Applied, Handle, active, apply
     from .torch_model import fingerprint, layer_table
+    from .triggers import token_indices
 
 _LAZY = {
     "apply": ".handles",
@@ -35,6 +39,7 @@ _LAZY = {
     "fingerprint": ".torch_model",
     "layer_table": ".torch_model",
     "searched_layers": ".families",
+    "token_indices": ".triggers",
     "FingerprintMismatch": ".fit",
     "FingerprintWarning": ".fit",
 }
@@ -49,6 +54,7 @@ __all__ = [
     "fingerprint",
     "layer_table",
     "searched_layers",
+    "token_indices",
 ]
 
 
