@@ -74,7 +74,7 @@ def main() -> None:
     state = json.loads(args.json.read_text()) if args.json.exists() else {}
     state.setdefault("rows", [])
     state.setdefault("seconds", 0.0)
-    started = time.perf_counter()
+    started, previous = time.perf_counter(), state["seconds"]  # wall time of earlier runs
     for row in state["rows"]:  # rows of the first runs, which had one seed, 0
         if row["method"] != "base model":
             row.setdefault("seed", protocol.TEST.training_seeds[0])
@@ -91,7 +91,7 @@ def main() -> None:
         state.update(
             date=str(date.today()),
             machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}",
-            seconds=state["seconds"] + time.perf_counter() - started,
+            seconds=previous + time.perf_counter() - started,
             defaults={
                 k: getattr(SearchConfig, k)
                 for k in ("steps", "travel", "prior_weight", "value_steps", "value_lr")

@@ -165,7 +165,8 @@ def train_values(
         raise ValueError(f"values of kind {settings.kind!r}: give one of q4, fp16, fp32")
     started = time.perf_counter()
     device = accelerator.device
-    positions = {key: torch.tensor(np.asarray(neurons[key], np.int64), device=device) for key in keys}
+    neurons = {key: np.array(neurons[key], np.int64) for key in keys}  # own, writable copies
+    positions = {key: torch.from_numpy(neurons[key]).to(device) for key in keys}
     begin = {
         key: np.zeros(len(neurons[key]), np.float32) if start is None else np.asarray(start[key], np.float32)
         for key in keys
