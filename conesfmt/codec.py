@@ -106,10 +106,10 @@ def plane_parameters(plane: bytes | np.ndarray) -> int | dict[str, int]:
     ``z >= 31/32`` (near-uniform bytes, or nearly all zeros: entropy coding is
     all there is to gain), :data:`_SPARSE_PARAMETERS` for ``1/4 <= z < 29/32``
     and level 9 for ``29/32 <= z < 31/32``. On random masks over SDXL's 140
-    K/V layers this writes at least 14 M indices/s (one core) at 1.008-1.052 x
-    the floor from 0.1 to 20 %; the most over 1.05 x is near 0.6 %, where only
-    zstd's slow parsers (level 16: 2 M indices/s) stay under it
-    (``bench/switching.py``, docs/switching.md).
+    K/V layers at 0.1, 0.5, 0.6, 1, 2, 5 and 20 % this writes at least 14 M
+    indices/s (CPU time, one core) at 1.015-1.058 x the floor; the most is near
+    0.6 %, where only zstd's slow parsers (level 16: 1-2 M indices/s) stay
+    under 1.05 x (``bench/switching.py``, docs/switching.md).
     """
     size = len(plane)
     if size <= SMALL_PLANE_BYTES:
