@@ -187,6 +187,7 @@ def shared_settings(model: Path, args, seed: int) -> dict:
         class_image_steps=world.NUM_INFERENCE_STEPS,
         steps=args.steps,
         lr=args.lr,
+        travel=args.travel,
         prior_weight=args.prior_weight,
         resolution=world.IMAGE_SIZE,
         seed=seed,
@@ -256,9 +257,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration")
     parser.add_argument("--steps", type=int, default=300, help="xi-descent steps per subject")
-    parser.add_argument("--lr", type=float, default=30.0, help="rho (docs/method-notes.md)")
-    parser.add_argument("--sparsity", type=float, default=0.02, help="single-subject sparsity")
-    parser.add_argument("--prior-weight", type=float, default=1.0, help="lambda, for every method")
+    defaults = TrainConfig.__dataclass_fields__
+    parser.add_argument("--lr", type=float, default=defaults["lr"].default, help="rho; default: calibrated")
+    parser.add_argument("--travel", type=float, default=defaults["travel"].default, help="xi travel")
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        default=defaults["sparsity"].default,
+        help="single-subject sparsity; default: cones train's (the count chosen on held-out draws)",
+    )
+    parser.add_argument(
+        "--prior-weight", type=float, default=defaults["prior_weight"].default, help="lambda, every method"
+    )
     parser.add_argument("--cd-lr", type=float, default=1e-4, help="AdamW step of the fine-tune baseline")
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--class-images", type=int, default=32)
@@ -273,11 +283,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        settings = argparse.Namespace(**saved["settings"], plot=args.plot, json=None)
+        settings = argparse.Namespace(**{"travel": None} | saved["settings"], plot=args.plot, json=None)
         report(saved["results"], settings, saved["seconds"], when=saved["date"])
         return
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    # Resumable: rows already in --json (same settings) are kept and not measured again.
+    saved = json.loads(args.json.read_text()) if args.json and args.json.exists() else None
+    results: list[dict] = saved["results"] if saved and saved["settings"] == settings_of(args) else []
+    done = {(r["subjects"], r["set"], r["method"], r["seed"]) for r in results}
+    if results:
+        print(f"  resuming: {len(results)} rows already measured in {args.json}", flush=True)
 
     model = args.model
     folder = Path(tempfile.mkdtemp(prefix="cones-paper-"))
@@ -293,11 +309,12 @@ def main() -> None:
                 value.copy_(base_weights[key])
 
     priors = {prompt: sample(prompt) for prompt in PRIOR_PROMPTS}
-    results: list[dict] = []
 
-    def record(
-        n: int, tokens: list[str], method: str, seed: int, measured: dict, storage: int | None
-    ) -> None:
+    def record(n: int, tokens: list[str], method: str, seed: int, measure, storage=None) -> None:
+        """Score one row (``measure()`` inside whatever edit is applied) unless --json has it."""
+        if (n, "+".join(tokens), method, seed) in done:
+            return
+        measured = measure()
         results.append(
             {
                 "subjects": n,
@@ -305,23 +322,38 @@ def main() -> None:
                 "method": method,
                 "seed": seed,
                 **measured,
-                "storage": storage,
+                "storage": storage() if callable(storage) else storage,
             }
         )
         scores = "  ".join(f"{name} {measured[name]:.3f}" for name in MEASURES)
         print(f"  {n} subject(s) {'+'.join(tokens):<11} seed {seed}  {method:<16} {scores}", flush=True)
+        if args.json:  # after every row, so that an interrupted run resumes here
+            write_json(results, args, time.perf_counter() - started)
+
+    def missing(n: int, tokens: list[str], seed: int, methods: list[str]) -> bool:
+        return any((n, "+".join(tokens), m, seed) not in done for m in methods)
+
+    def scored(subjects):
+        return lambda: score(sample, subjects, priors)
 
     singles: dict[tuple[str, int], Path] = {}
     for n, sets in SUBJECT_SETS.items():
         for tokens in sets:
             subjects = [every[t] for t in tokens]
-            record(n, tokens, "base model", -1, score(sample, subjects, priors), None)
+            record(n, tokens, "base model", -1, scored(subjects))
             if n == 1:  # what the base model draws when the identity is spelt out: a ceiling
                 (s,) = subjects
-                described = float(subject_scores(sample(s.description), s).mean())
-                nothing = dict.fromkeys(MEASURES[1:], float("nan"))
-                record(n, tokens, "base, described", -1, {"fidelity": described, **nothing}, None)
+
+                def described(s=s) -> dict:
+                    fidelity = float(subject_scores(sample(s.description), s).mean())
+                    return {"fidelity": fidelity, **dict.fromkeys(MEASURES[1:], float("nan"))}
+
+                record(n, tokens, "base, described", -1, described)
+            methods = ["Cones" if n == 1 else "Cones merge", "random mask", "K/V fine-tune"]
+            methods += ["Cones refine"] if n > 1 else []
             for seed in range(args.seeds):
+                if not missing(n, tokens, seed, methods):
+                    continue
                 for token in tokens:  # single-subject masks (cached across configurations)
                     if (token, seed) not in singles:
                         config = subject_config(
@@ -339,17 +371,10 @@ def main() -> None:
                 merged = conesfmt.merge([conesfmt.load(p) for p in paths])
                 union = union_container([merged])
                 with conesrt.apply(pipe, merged):
-                    record(
-                        n,
-                        tokens,
-                        "Cones" if n == 1 else "Cones merge",
-                        seed,
-                        score(sample, subjects, priors),
-                        len(merged.to_bytes()),
-                    )
+                    record(n, tokens, methods[0], seed, scored(subjects), len(merged.to_bytes()))
                 with conesrt.apply(pipe, random_like(union, seed)):
-                    record(n, tokens, "random mask", seed, score(sample, subjects, priors), None)
-                if n > 1:
+                    record(n, tokens, "random mask", seed, scored(subjects))
+                if n > 1 and missing(n, tokens, seed, ["Cones refine"]):
                     refined = refine(
                         **shared_settings(model, args, seed),
                         containers=paths,
@@ -360,29 +385,37 @@ def main() -> None:
                         out=folder / f"refined-{'+'.join(tokens)}-{seed}.cones",
                     )
                     with conesrt.apply(pipe, refined.container):
-                        record(
-                            n,
-                            tokens,
-                            "Cones refine",
-                            seed,
-                            score(sample, subjects, priors),
-                            refined.path.stat().st_size,
-                        )
-                tuned = custom_diffusion(model, subjects, data, args, seed, folder)
-                with torch.no_grad():
-                    for key, value in tuned.items():
-                        pipe.unet.state_dict(keep_vars=True)[key].copy_(value)
-                record(
-                    n,
-                    tokens,
-                    "K/V fine-tune",
-                    seed,
-                    score(sample, subjects, priors),
-                    sum(v.numel() * 2 for v in tuned.values()),
-                )  # shipped as fp16
-                restore_base()
-
+                        record(n, tokens, "Cones refine", seed, scored(subjects), refined.path.stat().st_size)
+                if missing(n, tokens, seed, ["K/V fine-tune"]):
+                    tuned = custom_diffusion(model, subjects, data, args, seed, folder)
+                    with torch.no_grad():
+                        for key, value in tuned.items():
+                            pipe.unet.state_dict(keep_vars=True)[key].copy_(value)
+                    storage = sum(v.numel() * 2 for v in tuned.values())  # shipped as fp16
+                    record(n, tokens, "K/V fine-tune", seed, scored(subjects), storage)
+                    restore_base()
     report(results, args, time.perf_counter() - started)
+
+
+def settings_of(args) -> dict:
+    """The settings a saved run was made with (a resumed run must have the same)."""
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k not in ("json", "plot", "from_json", "threads")
+    }
+
+
+def write_json(results: list[dict], args, seconds: float) -> None:
+    record = {
+        "results": results,
+        "settings": settings_of(args),
+        "seconds": seconds,
+        "date": str(date.today()),
+    }
+    temporary = args.json.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    temporary.replace(args.json)
 
 
 def report(results: list[dict], args, seconds: float, when: str | None = None) -> None:
@@ -392,13 +425,7 @@ def report(results: list[dict], args, seconds: float, when: str | None = None) -
     import matplotlib.pyplot as plt
 
     if args.json:
-        settings = {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("json", "plot", "from_json")
-        }
-        record = {"results": results, "settings": settings, "seconds": seconds, "date": str(date.today())}
-        args.json.write_text(json.dumps(record, indent=1))
+        write_json(results, args, seconds)
     methods = [
         "base model",
         "base, described",
@@ -413,10 +440,11 @@ def report(results: list[dict], args, seconds: float, when: str | None = None) -
         f"\n# Tables 1 and 2 in miniature — {when or date.today()} — {platform.machine()}, CPU, "
         f"{minutes:.0f} min\n"
     )
+    rho = f"rho {args.lr:g}" if args.lr is not None else f"rho calibrated to travel {args.travel:g}"
+    sparsity = f"{100 * args.sparsity:g} %" if args.sparsity is not None else "chosen on held-out draws"
     print(
-        f"{args.seeds} training seeds, {args.steps} xi-descent steps (rho {args.lr:g}), single-subject "
-        f"sparsity {100 * args.sparsity:g} %, prior weight {args.prior_weight:g}, "
-        f"{args.images} images per prompt, "
+        f"{args.seeds} training seeds, {args.steps} xi-descent steps ({rho}), single-subject "
+        f"sparsity {sparsity}, prior weight {args.prior_weight:g}, {args.images} images per prompt, "
         f"K/V fine-tune: AdamW lr {args.cd_lr:g}.\n"
     )
     print(

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from trainer import world  # noqa: E402
+from trainer.config import SearchConfig  # noqa: E402
 from trainer.data import LatentBank  # noqa: E402
 from trainer.objective import Subject  # noqa: E402
 from trainer.runs import make_accelerator  # noqa: E402
@@ -103,7 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="K for the world")
     parser.add_argument("--sd-steps", type=int, default=5, help="K for the SD-size UNet")
-    parser.add_argument("--travel", type=float, default=1.0)
+    parser.add_argument(
+        "--travel",
+        type=float,
+        default=SearchConfig.travel,
+        help="the calibrated step's target (cones train's)",
+    )
     parser.add_argument("--sd-latent", type=int, default=32)
     parser.add_argument("--skip-sd", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
@@ -112,7 +118,10 @@ def main() -> None:
     cases = [(world_case(), args.steps)]
     if not args.skip_sd:
         cases.append((sd15_case(args.sd_latent), args.sd_steps))
-    print(f"\n# Travel of xi — {date.today()} — {platform.machine()}, CPU, {args.threads} thread(s)\n")
+    print(
+        f"\n# Travel of xi — {date.today()} — {platform.machine()}, CPU, {args.threads} thread(s), "
+        f"calibrated to travel {args.travel:g}\n"
+    )
     columns = "1 - xi, top 1 % (median) | max | share moved | s/step"
     print(f"| model | searched entries | K | step | rho | {columns} |")
     print("|---|---|---|---|---|---|---|---|---|")
