@@ -132,7 +132,58 @@ def main() -> None:
             state["rows"].append(row)
             show(row)
             save()
+    # The training objective's parts on fresh draws: what the values trade (after the judged rows).
+    for row in state["rows"]:
+        if "loss_parts" not in row:
+            path = None if row["method"] == "base model" else made_path(args.work, row)
+            row["loss_parts"] = loss_parts(world.subject(row["subject"]), path, args.work)
+            save()
     summary(state)
+
+
+def made_path(work: Path, row: dict) -> Path:
+    return work / f"{row['subject']}-{row['seed']}-{row['method']}.cones"
+
+
+#: Draws of the loss parts: a seed neither the search, the value steps nor their held-out choice used.
+PARTS_DRAWS = dict(seed=20_000, batches=16, batch_size=4)
+_prepared: dict = {}
+
+
+def loss_parts(subject, path: Path | None, work: Path) -> dict[str, float]:
+    """The implanting loss and its instance and prior parts, with the container applied (None: base)."""
+    from trainer.base_model import load_base_model
+    from trainer.evaluate import held_out_loss
+
+    if "base" not in _prepared:
+        _prepared["base"] = load_base_model(world.MODEL_DIR, torch.device("cpu"), torch.float32)
+    base = _prepared["base"]
+    if subject.token not in _prepared:
+        config = TrainConfig(
+            model=world.MODEL_DIR,
+            images=subject.image_paths[0].parent,
+            token=subject.token,
+            class_word=subject.class_word,
+            class_images=work / f"prior-{subject.class_word}",
+            resolution=base.native_resolution,
+        )
+        _prepared[subject.token] = prepare_subject(
+            base,
+            subject.token,
+            config.images,
+            config.instance_prompt,
+            config.prior_prompt,
+            config,
+            config.class_images,
+        )
+    subjects = [_prepared[subject.token]]
+    if path is None:
+        measured = held_out_loss(base.unet, subjects, base.noise_scheduler, parts=True, **PARTS_DRAWS)
+    else:
+        with conesrt.apply(base.unet, conesfmt.load(path)):
+            measured = held_out_loss(base.unet, subjects, base.noise_scheduler, parts=True, **PARTS_DRAWS)
+    # Parts are logged as NAME/instance and NAME/prior; the name is the token here.
+    return {label.split("/")[-1]: value for label, value in measured.items()}
 
 
 def containers(subject, kinds, seed: int, work: Path) -> dict[str, Path]:
@@ -303,6 +354,15 @@ def summary(state: dict) -> None:
             + " | ".join(cells)
             + f" | {row.get('file_bytes', '—')} | {row.get('values_bytes', '—')} | {held} |"
         )
+    print("\ntraining objective on fresh draws (seed 20000, 16 x 4):\n")
+    print("| subject | values | seed | loss | instance | prior |")
+    print("|---|---|---|---|---|---|")
+    for row in state["rows"]:
+        if parts := row.get("loss_parts"):
+            print(
+                f"| {row['subject']} | {row['method']} | {row.get('seed', '—')} | {parts['loss']:.5f} | "
+                f"{parts['instance']:.5f} | {parts['prior']:.5f} |"
+            )
     print("\nmean over seeds:\n")
     print("| subject | values | seeds | fidelity | context | prior kept | prior attributes | file bytes |")
     print("|---|---|---|---|---|---|---|---|")
