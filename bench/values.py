@@ -1,6 +1,6 @@
 """The paper's Fig. 3 in miniature: binary, q4, fp16 and fp32 values on the embedded world (issue 13).
 
-    OMP_NUM_THREADS=1 python bench/values.py --json docs/values.json --strip docs/values-strip.png
+    OMP_NUM_THREADS=1 python bench/values.py --subjects pxr,vnt --seeds 0,1,2   # about an hour on 2 cores
 
 For each subject, ``cones train`` runs once at its defaults (the search does
 not depend on ``--values``); then, on the neurons it found, the values are
@@ -13,8 +13,11 @@ training objective on the search's held-out draws, shut against valued.
 
 Then an interpolation strip between two subjects (paper appendix C.6):
 ``conesrt.apply(pipe, [first, second], strength=[1 - t, t])`` for the
-composite prompt, t from 0 to 1, binary and fp32 containers, one image per
-cell and the judge's mean subject scores over a few seeds.
+composite prompt, t from 0 to 1, binary and fp32 containers of the first
+seed, one image per cell and the judge's mean subject scores over a few
+seeds. Last, the training objective and its instance and prior parts on
+fresh draws, for every row: what the values trade. Writes docs/values.json
+and docs/values-strip.png by default (docs/values.md reads them).
 
 Resumable: every finished row is written to the JSON at once, and a rerun
 skips rows (and containers, kept in ``--work``) it already has.
