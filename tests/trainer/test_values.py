@@ -148,7 +148,7 @@ def test_apply_multiplies_the_weights_by_the_values(trained, judged) -> None:
     before = {key: weights[key].clone() for key in container.layers}
     with conesrt.apply(base.unet, container):
         for key in container.layers:
-            indices = torch.as_tensor(container.indices(name, key))
+            indices = torch.from_numpy(np.array(container.indices(name, key)))
             xi = torch.as_tensor(np.array(container.values(name, key)))
             got = weights[key].view(-1)[indices]
             torch.testing.assert_close(got, before[key].view(-1)[indices] * xi, rtol=0, atol=1e-7)
