@@ -1,6 +1,6 @@
 """Switching one subject in and out at SDXL and Flux scale, and writing containers (issue 14, point 6).
 
-    OMP_NUM_THREADS=1 python bench/switching.py      # about 4 minutes on 2 shared cores; prints markdown
+    OMP_NUM_THREADS=1 python bench/switching.py      # 2-3 minutes on 2 shared cores; prints markdown
 
 An app keeps thousands of subjects and switches one in per request. Each
 model is diffusers' denoiser built on the meta device from its published
@@ -27,7 +27,9 @@ meta-device model), ``fuse_lora()`` (PEFT's merge), then ``unfuse_lora()``
 (PEFT's unmerge: it subtracts the product again) and ``unload_lora()``.
 Median of ``--repeat`` rounds, each running every variant in turn so that
 all see the same load; after each LoRA cycle the weights' drift from the
-base is measured and they are reset, outside the timing.
+base is measured and they are reset, outside the timing. Then
+``--drift-cycles`` LoRA cycles in a row, three LoRAs in turn, without a
+reset: how far PEFT's unmerge leaves the weights as an app switches.
 
 Writer (SDXL): random subsets at several densities over the same 140 layers;
 the canonical encoding (``Container.to_bytes``, zstd level chosen per plane,
@@ -146,6 +148,31 @@ def lora_file(model: torch.nn.Module, keys: list[str], seed: int) -> bytes:
             values = torch.empty(shape).normal_(0, 0.05, generator=generator)
             tensors[f"{module}.{name}.weight"] = values.to(state[key].dtype)
     return save(tensors)
+
+
+def lora_drift(model, keys: list[str], cycles: int) -> list[tuple[float, int]]:
+    """Max abs drift from the base and entries changed after each of ``cycles`` LoRA cycles, not reset.
+
+    Three LoRAs (seeds 2, 3, 4) in turn, as an app switching subjects: load, fuse, unfuse, unload.
+    """
+    from safetensors.torch import load
+
+    state = model.state_dict()
+    original = {key: state[key].clone() for key in keys}
+    files = [lora_file(model, keys, seed=seed) for seed in (2, 3, 4)]
+    drifts = []
+    for cycle in range(cycles):
+        model.load_lora_adapter(load(files[cycle % len(files)]), prefix=None, adapter_name="subject")
+        model.fuse_lora()
+        model.unfuse_lora()
+        model.unload_lora()
+        state = model.state_dict()
+        drift = max(float((state[key].float() - original[key].float()).abs().max()) for key in keys)
+        drifts.append((drift, sum(int((state[key] != original[key]).sum()) for key in keys)))
+    with torch.no_grad():
+        for key in keys:
+            state[key].copy_(original[key])
+    return drifts
 
 
 def random_subset(layers: dict[str, conesfmt.Layer], density: float, seed: int) -> dict[str, np.ndarray]:
@@ -401,6 +428,22 @@ def print_summary(results: list[tuple[Scale, dict, int, int]], repeat: int) -> N
     print()
 
 
+def print_drift(results: list[tuple[Scale, dict, int, int]]) -> None:
+    """The drift of PEFT's unmerge over LoRA cycles in a row, the weights not reset between them."""
+    cycles = len(results[0][1]["lora_drifts"])
+    print(
+        f"PEFT LoRA cycles in a row (load, fuse, unfuse, unload; three rank-{LORA_RANK} LoRAs in turn, "
+        "the weights not reset): max abs drift from the base weights, and the share of entries changed. "
+        "cones: 0 after every cycle (bit-exact restore).\n"
+    )
+    print("| model | " + " | ".join(f"after {cycle + 1}" for cycle in range(cycles)) + " |")
+    print("|---|" + "---|" * cycles)
+    for scale, switch, numel, _ in results:
+        cells = (f"{drift:.2g} ({changed / numel:.0%})" for drift, changed in switch["lora_drifts"])
+        print(f"| {scale.name} | " + " | ".join(cells) + " |")
+    print()
+
+
 def print_writer(rows: list[dict], numel: int, repeat: int) -> None:
     print(
         f"Writer: random subsets of the {numel:,} entries. encode = `Container.to_bytes()` (best of "
@@ -446,6 +489,9 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="+", choices=list(SCALES), default=list(SCALES), help="default: all"
     )
+    parser.add_argument(
+        "--drift-cycles", type=int, default=6, help="LoRA cycles in a row for the drift table (0: none)"
+    )
     parser.add_argument("--skip-writer", action="store_true", help="switching only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -462,13 +508,18 @@ def main() -> None:
         model, keys = scale_model(SCALES[name], seed=0)
         layers = conesrt.layer_table(model, keys)
         numel = sum(layer.numel for layer in layers.values())
-        results.append((SCALES[name], switching(model, keys, args.repeat), numel, len(keys)))
+        switch = switching(model, keys, args.repeat)
+        if args.drift_cycles:
+            switch["lora_drifts"] = lora_drift(model, keys, args.drift_cycles)
+        results.append((SCALES[name], switch, numel, len(keys)))
         if name == "SDXL" and not args.skip_writer:
             writer_rows = writer(layers, conesrt.fingerprint(model, keys), args.writer_repeat), numel
         del model, keys, layers
     print_summary(results, args.repeat)
     for scale, switch, numel, tensors in results:
         print_switching(scale, switch, numel, tensors, args.repeat)
+    if args.drift_cycles:
+        print_drift(results)
     if writer_rows is not None:
         print_writer(*writer_rows, args.writer_repeat)
 
