@@ -2,12 +2,13 @@
 
     python bench/trade_off.py --seeds 0,1 --json docs/trade-off.json     # about 55 min on one core
     python bench/trade_off.py --from-json docs/trade-off.json --plot docs/trade-off.png
+    python bench/trade_off.py --subjects pxr --seeds 0 --json a.json   # one per seed; --from-json merges
 
 The paper-tables bench (bench/paper_tables.py) scores one setting of each
 method. Both Cones and the fine-tune buy fidelity with prior damage, so one
 point each says little about which method is better; this bench traces each
-method's curve. For every subject and seed, one xi-descent (the paper-tables
-settings: rho = 30, 300 steps, lambda = 1) gives the masks of every sparsity
+method's curve. For every subject and seed, one xi-descent (cones train's
+defaults: 300 steps, rho calibrated to ``--travel``, lambda 0.3) gives the masks of every sparsity
 (the k entries whose xi fell furthest, for each k), each scored like the
 paper-tables bench, beside a random mask of the same size; the
 Custom-Diffusion-style fine-tune of the same K/V weights is trained once per
@@ -37,7 +38,7 @@ import torch  # noqa: E402
 
 import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
-from trainer.config import select_layers, unet_keys  # noqa: E402
+from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
 from trainer.runs import build_container, prepare_subject, search_settings, start  # noqa: E402
 from trainer.search import search  # noqa: E402
@@ -196,8 +197,12 @@ def main() -> None:
     parser.add_argument("--sparsities", type=floats, default=floats("0.002,0.005,0.01,0.02"))
     parser.add_argument("--cd-lrs", type=floats, default=floats("3e-5,1e-4,3e-4"), help="fine-tune steps")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=30.0, help="rho")
-    parser.add_argument("--prior-weight", type=float, default=1.0, help="lambda, for both methods")
+    defaults = TrainConfig.__dataclass_fields__
+    parser.add_argument("--lr", type=float, default=defaults["lr"].default, help="rho; default: calibrated")
+    parser.add_argument("--travel", type=float, default=defaults["travel"].default, help="xi travel")
+    parser.add_argument(
+        "--prior-weight", type=float, default=defaults["prior_weight"].default, help="lambda, both methods"
+    )
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--class-images", type=int, default=32)
     parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
