@@ -80,6 +80,8 @@ def save_grid(pipeline, path: Path, *, guidance_scale: float, per_prompt: int = 
     """A labelled grid: one row per prompt in GRID_PROMPTS, ``per_prompt`` seeds each."""
     from PIL import Image, ImageDraw
 
+    from trainer.presentation import label_font
+
     label_width = 430
     grid = Image.new(
         "RGB",
@@ -90,7 +92,7 @@ def save_grid(pipeline, path: Path, *, guidance_scale: float, per_prompt: int = 
     for row, prompt in enumerate(GRID_PROMPTS):
         images = generate(pipeline, [prompt] * per_prompt, seed + 1000 * row, guidance_scale=guidance_scale)
         y = row * (IMAGE_SIZE + 2)
-        draw.text((4, y + IMAGE_SIZE // 2 - 6), prompt, fill="black")
+        draw.text((4, y + IMAGE_SIZE // 2 - 6), prompt, fill="black", font=label_font())
         for column, image in enumerate(images):
             grid.paste(Image.fromarray(image), (label_width + column * (IMAGE_SIZE + 2), y))
     path.parent.mkdir(parents=True, exist_ok=True)
