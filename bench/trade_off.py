@@ -40,7 +40,7 @@ import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
 from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
-from trainer.runs import build_container, prepare_subject, search_settings, start  # noqa: E402
+from trainer.runs import build_container, prepare_trained_subject, search_settings, start  # noqa: E402
 from trainer.search import search  # noqa: E402
 from trainer.xi import neurons_by_sparsity  # noqa: E402
 
@@ -83,16 +83,7 @@ def run(args) -> list[dict]:
             config.validate()
             keys = select_layers(unet_keys(config.model), config.layers)
             accelerator, base = start(config)
-            prepared = prepare_subject(
-                base,
-                config.concept_name,
-                config.images,
-                config.instance_prompt,
-                config.prior_prompt,
-                config,
-                config.class_images,
-                accelerator,
-            )
+            prepared = prepare_trained_subject(base, config, accelerator)
             found = search(
                 base.unet, keys, [prepared], base.noise_scheduler, search_settings(config), accelerator
             )

@@ -47,7 +47,7 @@ import conesrt  # noqa: E402
 from conesfmt.summary import summarize  # noqa: E402
 from trainer import train_concept, world  # noqa: E402
 from trainer.config import SearchConfig, TrainConfig  # noqa: E402
-from trainer.runs import prepare_subject, start, value_settings  # noqa: E402
+from trainer.runs import prepare_subject, prepare_trained_subject, start, value_settings  # noqa: E402
 from trainer.values import train_values  # noqa: E402
 from trainer.world import protocol  # noqa: E402
 from trainer.world.judge import subject_scores  # noqa: E402
@@ -216,16 +216,7 @@ def containers(subject, kinds, seed: int, work: Path) -> dict[str, Path]:
     if not missing:
         return paths
     accelerator, base = start(config)
-    trainee = prepare_subject(
-        base,
-        config.concept_name,
-        config.images,
-        config.instance_prompt,
-        config.prior_prompt,
-        config,
-        config.class_images,
-        accelerator,
-    )
+    trainee = prepare_trained_subject(base, config, accelerator)
     ((name, concept),) = binary.concepts.items()
     keys = list(binary.layers)
     neurons = {key: binary.indices(name, key) for key in keys}

@@ -26,7 +26,7 @@ import conesfmt
 import conesrt
 
 from .base_model import BaseModel, load_base_model
-from .config import SearchConfig, image_files
+from .config import SearchConfig, TrainConfig, image_files
 from .data import class_image_folder, encode_images, encode_prompt, ensure_class_images
 from .errors import UsageError
 from .objective import Subject
@@ -99,6 +99,22 @@ def start(config: SearchConfig) -> tuple[Accelerator, BaseModel]:
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(base.denoiser)  # recomputes with xi * theta, not theta
     return accelerator, base
+
+
+def prepare_trained_subject(
+    base: BaseModel, config: TrainConfig, accelerator: Accelerator | None = None
+) -> Subject:
+    """``prepare_subject`` for the one subject a ``TrainConfig`` describes (cones train)."""
+    return prepare_subject(
+        base,
+        config.concept_name,
+        config.images,
+        config.instance_prompt,
+        config.prior_prompt,
+        config,
+        config.class_images,
+        accelerator,
+    )
 
 
 def prepare_subject(

@@ -19,7 +19,7 @@ from .runs import (
     TrainResult,
     build_container,
     finish,
-    prepare_subject,
+    prepare_trained_subject,
     search_settings,
     start,
     value_settings,
@@ -45,16 +45,7 @@ def train_concept(config: TrainConfig | None = None, **options: Any) -> TrainRes
     keys = select_layers(unet_keys(config.model), config.layers)
     accelerator, base = start(config)
     # Prior images come from the base model itself, before --keep-shut changes it.
-    subject = prepare_subject(
-        base,
-        config.concept_name,
-        config.images,
-        config.instance_prompt,
-        config.prior_prompt,
-        config,
-        config.class_images,
-        accelerator,
-    )
+    subject = prepare_trained_subject(base, config, accelerator)
     keep_shut = conesrt.apply(base.unet, config.keep_shut) if config.keep_shut else None
     valued = config.values not in (None, "binary")
     trained = None
