@@ -14,6 +14,13 @@ setting:
     rank-4 LoRA on the same layers (made and saved by this script), and how far
     the weights are from the original afterwards;
 (c) a whole-tensor backup: clone the 32 tensors, shut, copy them back.
+
+Then the app-scale rows (issue 14): one subject at 1 % switched in and out of
+SDXL- and FLUX.1-size denoisers, beside the bare torch scatter of the same
+indices and a rank-4 PEFT LoRA load + fuse + unfuse + unload on the same
+layers, measured by bench/switching.py's code in this same run
+(``--app-scale`` picks the models, ``--app-scale`` with none skips them; the
+per-step tables and the writer's rows: ``python bench/switching.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # keep the printed tables
 
 import conesfmt  # noqa: E402
 import conesrt  # noqa: E402
+from bench import switching as app  # noqa: E402
 from bench.sd_tables import sd1_cross_attention_kv  # noqa: E402
 from conesrt.fit import check_fits  # noqa: E402
 from conesrt.torch_model import torch_value_reader  # noqa: E402
@@ -91,6 +99,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="warm timing repeats; the best is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every variant (default 1)")
+    parser.add_argument(
+        "--app-scale",
+        nargs="*",
+        choices=list(app.SCALES),
+        default=list(app.SCALES),
+        help="SDXL- and Flux-size switching rows (default: all; give none to skip)",
+    )
+    parser.add_argument("--app-repeat", type=int, default=11, help="switching rounds at app scale (median)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -231,6 +247,33 @@ def main() -> None:
     print(f"| (c) memory of a whole-tensor backup | {whole_bytes:,} bytes | |")
     print(f"| cones: max abs difference after remove | {exact:g} (bit-identical: {bits_equal}) | 0 |")
     print(f"| LoRA: max abs difference after unfuse | {lora_drift:.3g} | |")
+    if args.app_scale:
+        del unet, state, original, decoded, containers
+        app_scale(args.app_scale, args.app_repeat)
+
+
+def app_scale(names: list[str], repeat: int) -> None:
+    """SDXL- and Flux-size rows: one subject switched in and out (bench/switching.py's measurement)."""
+    results = []
+    for name in names:
+        model, keys = app.scale_model(app.SCALES[name], seed=0)
+        numel = sum(layer.numel for layer in conesrt.layer_table(model, keys).values())
+        results.append((app.SCALES[name], app.switching(model, keys, repeat), numel, len(keys)))
+        del model, keys
+    print("\n## App scale: SDXL and FLUX.1\n")
+    app.print_summary(results, repeat)
+    print("| check | " + " | ".join(scale.name for scale, *_ in results) + " | target |")
+    print("|---|" + "---|" * len(results) + "---|")
+    walls = [app.both(switch, "cones")[0] for _, switch, *_ in results]
+    ratios = [app.both(switch, "cones")[0] / app.both(switch, "bare")[0] for _, switch, *_ in results]
+    print(
+        "| cones switch in + out, wall | " + " | ".join(f"{1e3 * w:.0f} ms" for w in walls)
+        + f" | at most {1e3 * app.SWITCH_BOUND_S:.0f} ms |"
+    )
+    print(
+        "| cones switch / bare torch scatter | " + " | ".join(f"{r:.2f}x" for r in ratios)
+        + f" | at most {app.SWITCH_BOUND_RATIO}x |"
+    )
 
 
 def lora_cycle(
