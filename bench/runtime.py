@@ -267,11 +267,13 @@ def app_scale(names: list[str], repeat: int) -> None:
     walls = [app.both(switch, "cones")[0] for _, switch, *_ in results]
     ratios = [app.both(switch, "cones")[0] / app.both(switch, "bare")[0] for _, switch, *_ in results]
     print(
-        "| cones switch in + out, wall | " + " | ".join(f"{1e3 * w:.0f} ms" for w in walls)
+        "| cones switch in + out, wall | "
+        + " | ".join(f"{1e3 * w:.0f} ms" for w in walls)
         + f" | at most {1e3 * app.SWITCH_BOUND_S:.0f} ms |"
     )
     print(
-        "| cones switch / bare torch scatter | " + " | ".join(f"{r:.2f}x" for r in ratios)
+        "| cones switch / bare torch scatter | "
+        + " | ".join(f"{r:.2f}x" for r in ratios)
         + f" | at most {app.SWITCH_BOUND_RATIO}x |"
     )
 
