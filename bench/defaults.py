@@ -50,11 +50,22 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--model", type=Path, default=world.MODEL_DIR, help="a world model folder (default: the embedded one)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "dev"),
+        default="test",
+        help="test: the acceptance figures; dev: diagnostics (e.g. of a world checkpoint)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    split = protocol.TEST
-    pipe = world.load_pipeline()
+    split = protocol.TEST if args.split == "test" else protocol.DEV
+    if args.split == "dev" and args.seeds == parser.get_default("seeds"):
+        args.seeds = ",".join(str(s) for s in split.training_seeds)
+    pipe = world.load_pipeline(args.model)
     measure = protocol.Judged(pipe, split)
     rows = []
     defaults = {
@@ -70,7 +81,7 @@ def main() -> None:
             show(rows[-1])
             for number, seed in enumerate(int(s) for s in args.seeds.split(",")):
                 result = train_concept(
-                    model=world.MODEL_DIR,
+                    model=args.model,
                     images=subject.image_paths[0].parent,
                     token=subject.token,
                     class_word=subject.class_word,
