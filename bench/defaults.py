@@ -106,8 +106,8 @@ def main() -> None:
                         )
                     show(rows[-1])
                 if args.json:
-                    write(args.json, rows, defaults, time.perf_counter() - started)
-    summary(rows, time.perf_counter() - started)
+                    write(args.json, rows, defaults, time.perf_counter() - started, args.model, split.name)
+    summary(rows, time.perf_counter() - started, split.name)
 
 
 def clean(measured: dict) -> dict:
@@ -123,9 +123,9 @@ def show(row: dict) -> None:
     )
 
 
-def summary(rows: list[dict], seconds: float) -> None:
+def summary(rows: list[dict], seconds: float, split: str = "test") -> None:
     print(
-        f"\n# CLI defaults on the test split — {date.today()} — "
+        f"\n# CLI defaults on the {split} split — {date.today()} — "
         f"{platform.machine()} CPU, {seconds / 60:.0f} min\n"
     )
     print("| subject | method | shut (mean) | fidelity | context | prior kept | prior attributes |")
@@ -152,8 +152,9 @@ def summary(rows: list[dict], seconds: float) -> None:
     )
 
 
-def write(path: Path, rows: list[dict], defaults: dict, seconds: float) -> None:
+def write(path: Path, rows: list[dict], defaults: dict, seconds: float, model: Path, split: str) -> None:
     payload = {"date": str(date.today()), "machine": platform.machine(), "seconds": seconds}
+    payload |= {"model": str(model), "split": split}
     path.write_text(json.dumps(payload | {"defaults": defaults, "rows": rows}, indent=1))
 
 
