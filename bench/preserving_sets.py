@@ -125,6 +125,17 @@ def preserving_selection(
     return largest(ranked, k)
 
 
+def random_set(weights: dict[str, torch.Tensor], k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """k entries drawn uniformly over all searched entries (so per tensor in proportion to its size)."""
+    keys, sizes = list(weights), [weights[key].numel() for key in weights]
+    flat = np.sort(rng.choice(sum(sizes), k, replace=False))
+    starts = np.cumsum([0, *sizes])
+    return {
+        key: flat[(flat >= lo) & (flat < hi)] - lo
+        for key, lo, hi in zip(keys, starts[:-1], starts[1:], strict=True)
+    }
+
+
 def relative_changes(weights, chosen, sigma, rare: torch.Tensor) -> tuple[float, float]:
     """√ mean over tensors of the preserved change², and the rare token's relative change."""
     preserved, own = [], []
@@ -194,13 +205,14 @@ def main() -> None:
     for alpha in (float(a) for a in args.alphas.split(",")):
         last = preserving_selection(weights, benefit, sigma, args.size, alpha)
         score(f"α = {alpha:g}", last)
-    for size in (int(s) for s in args.first_order_sizes.split(",") if s):
-        score(f"α = 0, k = {size}", largest(benefit, size))
     rng = np.random.default_rng(0)
     score(
         "random",
         {key: np.sort(rng.choice(weights[key].numel(), len(last[key]), replace=False)) for key in keys},
     )
+    for size in (int(s) for s in args.first_order_sizes.split(",") if s):
+        score(f"α = 0, k = {size}", largest(benefit, size))
+        score(f"random, k = {size}", random_set(weights, size, rng))
     minutes = (time.perf_counter() - started) / 60
     print(
         f"\n# Text-space-preserving shut sets for {args.subject}, {split.name} split, k = {args.size} — "
