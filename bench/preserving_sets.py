@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import RARE_POSITION, kv_keys, preserved_covariance, text_features  # noqa: E402
+from oracle import RARE_POSITION, kv_keys, preserved_captions, text_features  # noqa: E402
 from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
@@ -136,6 +136,31 @@ def random_set(weights: dict[str, torch.Tensor], k: int, rng: np.random.Generato
     }
 
 
+def describe_top(weights, benefit, sizes: list[int], features: torch.Tensor) -> list[dict]:
+    """Where the first-order ranking's best entries sit: projection, input channels, their shared part.
+
+    A channel's shared part is |mean| / RMS of that text-feature channel over every token of the
+    held-out captions: how much of it every prompt carries.
+    """
+    flat = features.reshape(-1, features.shape[-1])
+    shared = (flat.mean(0).abs() / flat.pow(2).mean(0).sqrt()).numpy()
+    rows = []
+    for size in sizes:
+        chosen = largest(benefit, size)
+        values = sum(len(v) for key, v in chosen.items() if key.split(".")[-2] == "to_v")
+        columns = np.concatenate([v % weights[key].shape[1] for key, v in chosen.items()])
+        rows.append(
+            {
+                "k": size,
+                "to_v": values,
+                "input_channels": int(len(np.unique(columns))),
+                "shared_part_median": float(np.median(shared[columns])),
+                "shared_part_all_channels": float(np.median(shared)),
+            }
+        )
+    return rows
+
+
 def relative_changes(weights, chosen, sigma, rare: torch.Tensor) -> tuple[float, float]:
     """√ mean over tensors of the preserved change², and the rare token's relative change."""
     preserved, own = [], []
@@ -160,6 +185,12 @@ def main() -> None:
     parser.add_argument(
         "--first-order-sizes", default="", help="comma-separated smaller k for first-order (α = 0) rows"
     )
+    parser.add_argument(
+        "--projections",
+        choices=("to_k,to_v", "to_k", "to_v"),
+        default="to_k,to_v",
+        help="select (and draw random sets) among these projections only",
+    )
     parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
     parser.add_argument("--gradient-seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -174,12 +205,17 @@ def main() -> None:
     subject = world.subject(args.subject)
     bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
     embedding = encode_prompt(base, subject.prompt)
-    keys = kv_keys(pipe.unet)
+    keys = [key for key in kv_keys(pipe.unet) if key.split(".")[-2] in args.projections.split(",")]
     weights = {key: pipe.unet.state_dict()[key].detach().float().clone() for key in keys}
     search = ConceptNeuronSearch(pipe.unet, keys)
     benefit, _ = gradient_rankings(search, bank, embedding, scheduler, 150, 8, seed=args.gradient_seed)
     del search
-    sigma = preserved_covariance(pipe)
+    held_out = text_features(pipe, preserved_captions(2000, seed=99))  # as bench/oracle.py's Σ
+    tokens = held_out.reshape(-1, held_out.shape[-1])
+    sigma = tokens.T @ tokens / tokens.shape[0]
+    placement = describe_top(weights, benefit, [33, 133, args.size], held_out)
+    for row in placement:
+        print(json.dumps(row), flush=True)
     rare = text_features(pipe, [subject.prompt])[0, RARE_POSITION]
     measure = protocol.Judged(pipe, split)
     rows = []
@@ -227,9 +263,19 @@ def main() -> None:
             f"{row[k]:.3f}" if k in row else "—" for k in ("benefit", "preserved_change", "rare_change")
         )
         print(f"| {row['set']} | {extra} | {np.mean(row['loss']):.4f} | {cells} |")
+    print("\n| first-order best k | in to_v | input channels | their shared part (median) | all channels' |")
+    print("|---|---|---|---|---|")
+    for row in placement:
+        print(
+            f"| {row['k']} | {row['to_v']} | {row['input_channels']} | {row['shared_part_median']:.2f} | "
+            f"{row['shared_part_all_channels']:.2f} |"
+        )
     if args.json:
         args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "placement": placement},
+                indent=1,
+            )
         )
 
 
