@@ -32,8 +32,10 @@ keeps more of them than a first-order set that draws the subject as much.
 
 Reported per set: its predicted benefit (share of the first-order set's),
 the relative change it makes to the other prompts' keys and values (``√``
-of the penalty), that of the instance prompt's rare token, the held-out
-subject loss and the protocol's measures (trainer/world/protocol.py).
+of the penalty), that of their mean token (the part every prompt carries;
+``--penalty shared`` prices only that), that of the instance prompt's rare
+token, the held-out subject loss and the protocol's measures
+(trainer/world/protocol.py).
 """
 
 from __future__ import annotations
@@ -191,6 +193,12 @@ def main() -> None:
         default="to_k,to_v",
         help="select (and draw random sets) among these projections only",
     )
+    parser.add_argument(
+        "--penalty",
+        choices=("tokens", "shared"),
+        default="tokens",
+        help="price the change of every held-out token's K/V (Σ = E hhᵀ), or of their mean only (μμᵀ)",
+    )
     parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
     parser.add_argument("--gradient-seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -213,6 +221,8 @@ def main() -> None:
     held_out = text_features(pipe, preserved_captions(2000, seed=99))  # as bench/oracle.py's Σ
     tokens = held_out.reshape(-1, held_out.shape[-1])
     sigma = tokens.T @ tokens / tokens.shape[0]
+    shared = tokens.mean(0, keepdim=True)
+    priced = sigma if args.penalty == "tokens" else shared.T @ shared
     placement = describe_top(weights, benefit, [33, 133, args.size], held_out)
     for row in placement:
         print(json.dumps(row), flush=True)
@@ -231,6 +241,7 @@ def main() -> None:
             total = sum(float(benefit[key][first[key]].sum()) for key in keys)
             row["benefit"] = sum(float(benefit[key][chosen[key]].sum()) for key in keys) / total
             row["preserved_change"], row["rare_change"] = relative_changes(weights, chosen, sigma, rare)
+            row["shared_change"] = relative_changes(weights, chosen, shared.T @ shared, rare)[0]
             with conesrt.apply(pipe, built):
                 row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
         rows.append(row)
@@ -239,7 +250,7 @@ def main() -> None:
     score("base model", None)
     last = None
     for alpha in (float(a) for a in args.alphas.split(",")):
-        last = preserving_selection(weights, benefit, sigma, args.size, alpha)
+        last = preserving_selection(weights, benefit, priced, args.size, alpha)
         score(f"α = {alpha:g}", last)
     rng = np.random.default_rng(0)
     score(
@@ -254,13 +265,14 @@ def main() -> None:
         f"\n# Text-space-preserving shut sets for {args.subject}, {split.name} split, k = {args.size} — "
         f"{date.today()} — {platform.machine()} CPU, {minutes:.0f} min\n"
     )
-    columns = "benefit | preserved K/V change | rare-token change | subject loss"
+    columns = "benefit | preserved K/V change | shared change | rare-token change | subject loss"
     print(f"| set | {columns} | fidelity | context | prior kept | prior attributes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         cells = " | ".join(f"{row[k]:.3f}" for k in ("fidelity", "alignment", "prior", "prior_attributes"))
         extra = " | ".join(
-            f"{row[k]:.3f}" if k in row else "—" for k in ("benefit", "preserved_change", "rare_change")
+            f"{row[k]:.3f}" if k in row else "—"
+            for k in ("benefit", "preserved_change", "shared_change", "rare_change")
         )
         print(f"| {row['set']} | {extra} | {np.mean(row['loss']):.4f} | {cells} |")
     print("\n| first-order best k | in to_v | input channels | their shared part (median) | all channels' |")
