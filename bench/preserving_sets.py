@@ -1,6 +1,6 @@
 """Does a text-space preservation term let a shut set spare the other prompts? Issue 11, on the world.
 
-    python bench/preserving_sets.py --subject pxr --split dev      # about 30 min on one core
+    python bench/preserving_sets.py --subject pxr --split dev      # 8 min on one core (TEST: 15-20)
 
 *Hypothesis.* The sets the search finds damage every prompt because each
 entry is ranked alone: shutting entry (i, j) of a key or value weight changes
