@@ -53,17 +53,23 @@ def vae_config() -> dict[str, Any]:
     }
 
 
-def unet_config(text_width: int = TEXT_HIDDEN) -> dict[str, Any]:
+def unet_config(
+    text_width: int = TEXT_HIDDEN, channels: tuple[int, int, int] = (32, 64, 128)
+) -> dict[str, Any]:
     """``UNet2DConditionModel`` keyword arguments (16×16×4 latents, 128-d text, or ``text_width``).
+
+    ``channels`` are the three blocks' widths (the embedded world's: 32, 64, 128).
 
     >>> unet_config()["down_block_types"]
     ('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D')
+    >>> unet_config(256, channels=(64, 128, 256))["block_out_channels"]
+    (64, 128, 256)
     """
     return {
         "sample_size": LATENT_SIZE,
         "in_channels": LATENT_CHANNELS,
         "out_channels": LATENT_CHANNELS,
-        "block_out_channels": (32, 64, 128),
+        "block_out_channels": tuple(channels),
         "layers_per_block": 1,
         "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

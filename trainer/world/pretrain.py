@@ -284,6 +284,7 @@ def train_unet(
     zero_snr: bool = True,
     text_encoder=None,
     state_path: Path | None = None,
+    channels: tuple[int, int, int] = (32, 64, 128),
 ):
     """Noise-prediction training of the UNet (and, jointly, a text encoder); returns both (EMA weights).
 
@@ -309,7 +310,7 @@ def train_unet(
     caption_rng = np.random.default_rng(seed)
     frozen_text = text_encoder is not None
     text_width = text_encoder.config.hidden_size if frozen_text else components.TEXT_HIDDEN
-    unet = UNet2DConditionModel(**components.unet_config(text_width))
+    unet = UNet2DConditionModel(**components.unet_config(text_width, channels))
     if not frozen_text:
         text_encoder = CLIPTextModel(CLIPTextConfig(**components.text_encoder_config()))
     if init_from is not None:  # continue from a saved model (its EMA weights), fresh optimizer and schedule
@@ -486,6 +487,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=8e-4)
     parser.add_argument(
+        "--unet-channels",
+        default="32,64,128",
+        help="the UNet's three block widths (a wider world: 64,128,256)",
+    )
+    parser.add_argument(
         "--init-from", type=Path, help="continue the unet stage from this folder's unet and text encoder"
     )
     parser.add_argument(
@@ -503,6 +509,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
 
+    try:
+        channels = tuple(int(c) for c in args.unet_channels.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 3 or min(channels) < 16 or any(c % 16 for c in channels):
+        parser.error(f"--unet-channels wants three multiples of 16, got {args.unet_channels!r}")
     torch.set_num_threads(args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -577,6 +589,7 @@ def main(argv: list[str] | None = None) -> None:
             zero_snr=zero_snr,
             text_encoder=frozen,
             state_path=out / "unet_state.pt",
+            channels=channels,
         )
         save_model(out, vae, unet, text_encoder, tokenizer, zero_snr)
         log(stage="saved")
