@@ -88,11 +88,20 @@ def aligned_features(pipe, subject) -> tuple[torch.Tensor, torch.Tensor]:
     return instance[sources], described[[min(p + shift, length - 1) for p in sources]]
 
 
-def preserved_covariance(pipe, count: int = 2000) -> torch.Tensor:
-    """Σ = E hhᵀ over every token of ``count`` world captions that no split evaluates."""
-    features = text_features(pipe, preserved_captions(count, seed=99))
+def preserved_features(pipe, count: int = 2000) -> torch.Tensor:
+    """The text features of ``count`` world captions that no split evaluates (captions, tokens, width)."""
+    return text_features(pipe, preserved_captions(count, seed=99))
+
+
+def token_covariance(features: torch.Tensor) -> torch.Tensor:
+    """Σ = E hhᵀ over every token of ``features``."""
     flat = features.reshape(-1, features.shape[-1])
     return flat.T @ flat / flat.shape[0]
+
+
+def preserved_covariance(pipe, count: int = 2000) -> torch.Tensor:
+    """Σ = E hhᵀ over every token of ``count`` world captions that no split evaluates."""
+    return token_covariance(preserved_features(pipe, count))
 
 
 def time_edit(pipe, subject, sigma: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:

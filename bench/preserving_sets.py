@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import RARE_POSITION, kv_keys, preserved_captions, text_features  # noqa: E402
+from oracle import RARE_POSITION, kv_keys, preserved_features, text_features, token_covariance  # noqa: E402
 from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
@@ -218,11 +218,13 @@ def main() -> None:
     search = ConceptNeuronSearch(pipe.unet, keys)
     benefit, _ = gradient_rankings(search, bank, embedding, scheduler, 150, 8, seed=args.gradient_seed)
     del search
-    held_out = text_features(pipe, preserved_captions(2000, seed=99))  # as bench/oracle.py's Σ
-    tokens = held_out.reshape(-1, held_out.shape[-1])
-    sigma = tokens.T @ tokens / tokens.shape[0]
-    shared = tokens.mean(0, keepdim=True)
-    priced = sigma if args.penalty == "tokens" else shared.T @ shared
+    held_out = preserved_features(pipe)
+    sigma = token_covariance(held_out)
+    shared = held_out.reshape(-1, held_out.shape[-1]).mean(0, keepdim=True)
+    shared_sigma = shared.T @ shared  # the mean token's outer product: what every prompt carries
+    priced = sigma if args.penalty == "tokens" else shared_sigma
+    first = largest(benefit, args.size)
+    total = sum(float(benefit[key][first[key]].sum()) for key in keys)  # the first-order set's benefit
     placement = describe_top(weights, benefit, [33, 133, args.size], held_out)
     for row in placement:
         print(json.dumps(row), flush=True)
@@ -237,11 +239,9 @@ def main() -> None:
         else:
             built = container(pipe.unet, keys, chosen)
             row["k"] = int(sum(len(v) for v in chosen.values()))
-            first = largest(benefit, args.size)
-            total = sum(float(benefit[key][first[key]].sum()) for key in keys)
             row["benefit"] = sum(float(benefit[key][chosen[key]].sum()) for key in keys) / total
             row["preserved_change"], row["rare_change"] = relative_changes(weights, chosen, sigma, rare)
-            row["shared_change"] = relative_changes(weights, chosen, shared.T @ shared, rare)[0]
+            row["shared_change"] = relative_changes(weights, chosen, shared_sigma, rare)[0]
             with conesrt.apply(pipe, built):
                 row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
         rows.append(row)

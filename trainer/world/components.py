@@ -25,6 +25,8 @@ from trainer.world.vocabulary import MAX_LENGTH, vocabulary_size
 LATENT_CHANNELS = 4
 LATENT_SIZE = 16  # latent pixels per side for 64-pixel images
 TEXT_HIDDEN = 128
+#: The UNet's three block widths in the embedded world (pretrain.py --unet-channels widens them).
+UNET_CHANNELS = (32, 64, 128)
 CLIP_TEXT_HIDDEN = 256  # the frozen contrastive text encoder (clip_text_config)
 
 
@@ -53,12 +55,10 @@ def vae_config() -> dict[str, Any]:
     }
 
 
-def unet_config(
-    text_width: int = TEXT_HIDDEN, channels: tuple[int, int, int] = (32, 64, 128)
-) -> dict[str, Any]:
+def unet_config(text_width: int = TEXT_HIDDEN, channels: tuple[int, ...] = UNET_CHANNELS) -> dict[str, Any]:
     """``UNet2DConditionModel`` keyword arguments (16×16×4 latents, 128-d text, or ``text_width``).
 
-    ``channels`` are the three blocks' widths (the embedded world's: 32, 64, 128).
+    ``channels`` are the three blocks' widths (the embedded world's: ``UNET_CHANNELS``).
 
     >>> unet_config()["down_block_types"]
     ('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D')

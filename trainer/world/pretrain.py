@@ -284,7 +284,7 @@ def train_unet(
     zero_snr: bool = True,
     text_encoder=None,
     state_path: Path | None = None,
-    channels: tuple[int, int, int] = (32, 64, 128),
+    channels: tuple[int, ...] = components.UNET_CHANNELS,
 ):
     """Noise-prediction training of the UNet (and, jointly, a text encoder); returns both (EMA weights).
 
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-lr", type=float, default=8e-4)
     parser.add_argument(
         "--unet-channels",
-        default="32,64,128",
+        default=",".join(map(str, components.UNET_CHANNELS)),
         help="the UNet's three block widths (a wider world: 64,128,256)",
     )
     parser.add_argument(
