@@ -136,20 +136,25 @@ class Edited:
             weights[key].copy_(value)
 
 
+def world_bench(parser: argparse.ArgumentParser):
+    """Adds --model, --threads and --json, parses, and loads the world: (args, split, pipeline)."""
+    parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    split = protocol.DEV if args.split == "dev" else protocol.TEST
+    return args, split, world.load_pipeline(args.model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=("dev", "test"), default="test")
     parser.add_argument("--subjects", default="sks,vnt,pxr,zwx")
     parser.add_argument("--lambdas", default="0.01,0.1,1,10,100,1000")
     parser.add_argument("--captions", type=int, default=2000, help="preserved world captions")
-    parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args, split, pipe = world_bench(parser)
     started = time.perf_counter()
-    split = protocol.DEV if args.split == "dev" else protocol.TEST
-    pipe = world.load_pipeline(args.model)
     sigma = preserved_covariance(pipe, args.captions)
     measure = protocol.Judged(pipe, split)
     rows = []

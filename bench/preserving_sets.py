@@ -56,7 +56,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import RARE_POSITION, kv_keys, preserved_features, text_features, token_covariance  # noqa: E402
+from oracle import (  # noqa: E402
+    RARE_POSITION,
+    kv_keys,
+    preserved_features,
+    text_features,
+    token_covariance,
+    world_bench,
+)
 from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
@@ -199,15 +206,9 @@ def main() -> None:
         default="tokens",
         help="price the change of every held-out token's K/V (Σ = E hhᵀ), or of their mean only (μμᵀ)",
     )
-    parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
     parser.add_argument("--gradient-seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args, split, pipe = world_bench(parser)
     started = time.perf_counter()
-    split = protocol.DEV if args.split == "dev" else protocol.TEST
-    pipe = world.load_pipeline(args.model)
     base = load_base_model(args.model, torch.device("cpu"), torch.float32)
     scheduler = base.noise_scheduler
     subject = world.subject(args.subject)

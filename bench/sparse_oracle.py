@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import Edited, aligned_features, kv_keys, preserved_covariance, time_edit  # noqa: E402
+from oracle import Edited, aligned_features, kv_keys, preserved_covariance, time_edit, world_bench  # noqa: E402
 from preserving_sets import random_set  # noqa: E402
 from shut_sets import container, sparse_oracle  # noqa: E402
 
@@ -122,15 +122,9 @@ def main() -> None:
     parser.add_argument("--subjects", default="vnt,pxr")
     parser.add_argument("--lam", type=float, default=100.0, help="TIME's λ (Finding 9's)")
     parser.add_argument("--sizes", default="532,2129", help="k, comma-separated")
-    parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
     parser.add_argument("--edits", default=",".join(EDITS), help=f"which rows, of {', '.join(EDITS)}")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args, split, pipe = world_bench(parser)
     started = time.perf_counter()
-    split = protocol.DEV if args.split == "dev" else protocol.TEST
-    pipe = world.load_pipeline(args.model)
     sigma = preserved_covariance(pipe)
     keys = kv_keys(pipe.unet)
     weights = {key: pipe.unet.state_dict()[key].clone() for key in keys}
@@ -161,8 +155,7 @@ def main() -> None:
         changes = time_edit(pipe, subject, sigma, args.lam)
         with Edited(pipe.unet, changes):
             time_edit_objective[token] = time_objective(pipe, subject, sigma, args.lam, weights)
-        if "dense" in edits:
-            with Edited(pipe.unet, changes):
+            if "dense" in edits:
                 record(subject, "dense oracle", total, measure([subject]))
         shut_benefit = sparse_oracle(pipe, subject, keys, args.lam)
         for k in sizes:
