@@ -35,6 +35,7 @@ draws (other noise, timesteps and latents), beside a random set of |M|.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -101,12 +102,8 @@ def make_draws(scheduler, latents, contexts, batches: int, batch_size: int, seed
 
 @torch.no_grad()
 def predictions(unet, container, draws):
-    handle = conesrt.apply(unet, container) if container is not None else None
-    try:
+    with conesrt.apply(unet, container) if container is not None else contextlib.nullcontext():
         return [unet(noisy, t, encoder_hidden_states=c).sample.float() for noisy, t, c in draws]
-    finally:
-        if handle is not None:
-            handle.remove()
 
 
 def loss_and_gradient(search: ConceptNeuronSearch, shut: list[torch.Tensor], draws, targets, grad: bool):
