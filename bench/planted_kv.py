@@ -49,17 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import preserved_captions  # noqa: E402
-from planted_exact import embeddings, masks_of  # noqa: E402
+from planted_exact import embeddings, fista, gram, masks_of  # noqa: E402
 
 from trainer import world  # noqa: E402
 from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
 from trainer.planted import plant  # noqa: E402
-
-
-def gram(features: torch.Tensor) -> torch.Tensor:
-    """Σ_t x_t x_tᵀ over every token position of every prompt, float64."""
-    flat = features.reshape(-1, features.shape[-1]).double()
-    return flat.T @ flat
 
 
 def unexplained(found: list[torch.Tensor], truth: list[torch.Tensor], weights, c_held) -> float:
@@ -70,26 +64,6 @@ def unexplained(found: list[torch.Tensor], truth: list[torch.Tensor], weights, c
     )
     total = sum(float((((m * w) @ c_held) * (m * w)).sum()) for m, w in zip(truth, weights, strict=True))
     return miss / total
-
-
-def fista(truth, weights, c_train, alpha: float, steps: int) -> list[torch.Tensor]:
-    """c in [0, 1]^shape minimising ½ ||((c − M) ⊙ W) Xᵀ||² + α λ₀ Σ c, each layer's rows on their own."""
-    lipschitz = float(torch.linalg.eigvalsh(c_train)[-1])
-    gradients0 = [-(w * ((m * w) @ c_train)) for m, w in zip(truth, weights, strict=True)]
-    lam = alpha * max(float((-g).max()) for g in gradients0)
-    out = []
-    for m, w in zip(truth, weights, strict=True):
-        step = 1.0 / (lipschitz * (w**2).max(dim=1, keepdim=True).values.clamp_min(1e-30))
-        c = torch.zeros_like(w)
-        y, t = c.clone(), 1.0
-        for _ in range(steps):
-            g = w * (((y - m) * w) @ c_train) + lam
-            c_next = (y - step * g).clamp(0.0, 1.0)
-            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-            y = c_next + (t - 1) / t_next * (c_next - c)
-            c, t = c_next, t_next
-        out.append(c)
-    return out
 
 
 def top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
@@ -193,7 +167,9 @@ def main() -> None:
                 "unexplained": unexplained(free, truth, weights, c_held),
             }
             for alpha in [float(a) for a in args.alphas.split(",")]:
-                c = fista(truth, weights, c_train, alpha, args.steps)
+                c = fista(
+                    [m * w for m, w in zip(truth, weights, strict=True)], weights, c_train, alpha, args.steps
+                )
                 found = top_k(c, k)
                 label = f"{name}: box lasso alpha={alpha:g}"
                 row["sets"][label] = {

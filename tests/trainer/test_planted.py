@@ -70,7 +70,8 @@ def test_scores_put_the_planted_set_on_the_teacher(planted_run):
     strict=True,
     reason="issue 11, not met: a random 1 % planted set changes the model's predictions about as much as "
     "any random set of its size, and its own reduction of the teacher loss is within the spread of random "
-    "sets, so nothing trained on the teacher's images can single it out (docs/planted.md)",
+    "sets, so nothing trained on the teacher's images can single it out (docs/planted.md); even the exact "
+    "change of the instance prompt's keys and values recovers only 0.29-0.37 of it (docs/planted-kv.md)",
 )
 def test_search_recovers_a_planted_random_set(planted_run):
     planted, found, scores = planted_run
