@@ -128,15 +128,25 @@ def loss_and_gradient(search: ConceptNeuronSearch, shut: list[torch.Tensor], dra
     return total, gradient
 
 
+def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into views shaped as ``like`` (the searched layers, in order)."""
+    return [
+        part.view_as(s) for part, s in zip(torch.split(flat, [s.numel() for s in like]), like, strict=True)
+    ]
+
+
 def top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     flat = torch.cat([s.flatten() for s in scores])
     chosen = torch.zeros_like(flat)
     chosen[torch.topk(flat, k).indices] = 1
-    out, start = [], 0
-    for s in scores:
-        out.append(chosen[start : start + s.numel()].view_as(s))
-        start += s.numel()
-    return out
+    return unflatten(chosen, scores)
+
+
+def random_masks(like: list[torch.Tensor], k: int, seed: int) -> list[torch.Tensor]:
+    """A random set of k entries over the layers shaped as ``like``: the same-size control."""
+    flat = torch.zeros(sum(s.numel() for s in like), dtype=like[0].dtype)
+    flat[torch.from_numpy(np.random.default_rng(seed + 100).choice(flat.numel(), k, replace=False))] = 1
+    return unflatten(flat, like)
 
 
 def masks_of(container, keys, shapes) -> list[torch.Tensor]:
@@ -200,10 +210,7 @@ def swaps(search, shut, k, draws, targets, diagonal, rounds: int, log) -> list[t
         proposal_flat = flat_shut.clone()
         proposal_flat[adds[:useful]] = 1
         proposal_flat[removes[:useful]] = 0
-        proposal, start = [], 0
-        for s in shut:
-            proposal.append(proposal_flat[start : start + s.numel()].view_as(s))
-            start += s.numel()
+        proposal = unflatten(proposal_flat, shut)
         new_loss, new_gradient = loss_and_gradient(search, proposal, draws, targets, True)
         if new_loss < loss:
             shut, loss, gradient = proposal, new_loss, new_gradient
@@ -286,13 +293,7 @@ def run(args, pipe, seed: int) -> dict:
     train_contexts = torch.cat([instance, embeddings(pipe, captions[: args.captions])])
     held_contexts = torch.cat([instance, embeddings(pipe, captions[args.captions :])])
     search = ConceptNeuronSearch(unet, keys)
-    random_set = [torch.zeros(n)]
-    random_set[0][torch.from_numpy(np.random.default_rng(seed + 100).choice(n, k, replace=False))] = 1
-    random_masks, start = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape))
-        random_masks.append(random_set[0][start : start + size].view(shape))
-        start += size
+    random_set = random_masks(truth, k, seed)
     row = {"seed": seed, "planted": k, "searched": n, "chance": k / n, "objectives": {}}
     objectives = {
         "instance prompt": (instance, instance),
@@ -354,7 +355,7 @@ def run(args, pipe, seed: int) -> dict:
         measured = {
             "base": {"recall": 0.0, "held_out_loss": held_loss(zero)},
             "planted": {"recall": 1.0, "held_out_loss": held_loss(truth)},
-            "random": {"recall": recall(random_masks, truth), "held_out_loss": held_loss(random_masks)},
+            "random": {"recall": recall(random_set, truth), "held_out_loss": held_loss(random_set)},
             "first order": {"recall": recall(first, truth), "held_out_loss": held_loss(first)},
             "second order": {"recall": recall(second, truth), "held_out_loss": held_loss(second)},
             "second order + swaps": {
@@ -387,14 +388,20 @@ def run(args, pipe, seed: int) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def planted_arguments(doc: str) -> argparse.ArgumentParser:
+    """The planted benches' shared options: the world, the planted-set seeds, kind and size."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument(
         "--kind", choices=("random", "columns"), default="random", help="planted set (trainer.planted)"
     )
     parser.add_argument("--fraction", type=float, default=0.01)
+    return parser
+
+
+def main() -> None:
+    parser = planted_arguments(__doc__)
     parser.add_argument("--token", default="sks")
     parser.add_argument("--class-word", default="circle")
     parser.add_argument("--images", type=int, default=32, help="teacher latents, training and held out")

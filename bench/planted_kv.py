@@ -35,7 +35,6 @@ can recover a planted random set in this world.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -46,10 +45,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import preserved_captions  # noqa: E402
-from planted_exact import embeddings, fista, gram, masks_of  # noqa: E402
+from planted_exact import (  # noqa: E402
+    embeddings,
+    fista,
+    gram,
+    masks_of,
+    planted_arguments,
+    random_masks,
+    recall,
+    top_k,
+)
 
 from trainer import world  # noqa: E402
 from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
@@ -66,22 +73,6 @@ def unexplained(found: list[torch.Tensor], truth: list[torch.Tensor], weights, c
     return miss / total
 
 
-def top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    flat = torch.cat([s.flatten() for s in scores])
-    chosen = torch.zeros_like(flat)
-    chosen[torch.topk(flat, k).indices] = 1
-    return [
-        part.view_as(s)
-        for part, s in zip(torch.split(chosen, [s.numel() for s in scores]), scores, strict=True)
-    ]
-
-
-def recall(found, truth) -> float:
-    return sum(float((f * m).sum()) for f, m in zip(found, truth, strict=True)) / sum(
-        float(m.sum()) for m in truth
-    )
-
-
 def spectrum(c: torch.Tensor) -> dict:
     values = torch.linalg.eigvalsh(c).flip(0).clamp_min(0)
     share = torch.cumsum(values, 0) / values.sum()
@@ -93,13 +84,7 @@ def spectrum(c: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=world.MODEL_DIR)
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument(
-        "--kind", choices=("random", "columns"), default="random", help="planted set (trainer.planted)"
-    )
-    parser.add_argument("--fraction", type=float, default=0.01)
+    parser = planted_arguments(__doc__)
     parser.add_argument("--prompt", default="a photo of a sks circle")
     parser.add_argument("--captions", type=int, default=512)
     parser.add_argument("--alphas", default="0,0.001,0.01")
@@ -140,13 +125,9 @@ def main() -> None:
             )
         ]
         k = int(sum(float(m.sum()) for m in truth))
-        rng = np.random.default_rng(seed + 100)
-        flat = torch.zeros(sum(m.numel() for m in truth), dtype=torch.float64)
-        flat[torch.from_numpy(rng.choice(flat.numel(), k, replace=False))] = 1
-        random_set = [
-            p.view_as(m) for p, m in zip(torch.split(flat, [m.numel() for m in truth]), truth, strict=True)
-        ]
-        row = {"seed": seed, "planted": k, "searched": flat.numel(), "chance": k / flat.numel(), "sets": {}}
+        random_set = random_masks(truth, k, seed)
+        searched = sum(m.numel() for m in truth)
+        row = {"seed": seed, "planted": k, "searched": searched, "chance": k / searched, "sets": {}}
         row["sets"]["random"] = {
             "recall": recall(random_set, truth),
             "unexplained": unexplained(random_set, truth, weights, c_held),
