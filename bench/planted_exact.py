@@ -30,6 +30,10 @@ Searches, each returning exactly |M| entries:
 - ``projected descent``: ξ-descent run long on the exact targets (Adam on
   δ = 1 − ξ from 0, kept in [0, 1]; ``--descent-steps``, 0 skips it), then
   the |M| largest δ.
+- ``dense fit, then K/V shut set``: the same descent with δ free (any
+  weight), then the shut set whose key/value change on the training tokens
+  matches it (:func:`fista`, as bench/planted_kv.py uses); also skipped by
+  ``--descent-steps 0``.
 
 ``--kind columns`` plants whole text-channel columns instead of a random set
 (trainer.planted.plant).
