@@ -1,0 +1,324 @@
+"""Planted truth through the UNet, solved as the linear problem it nearly is: is the failure the conditioning?
+
+    OMP_NUM_THREADS=1 python bench/planted_gauss_newton.py --model v2 --seeds 1,2,3 \
+        --json docs/planted-gauss-newton.json
+
+bench/planted_exact.py (Finding 11) gives the searches the teacher's exact
+predictions over 512 captions, and every search through the UNet recovers
+the planted 1 % set at chance; bench/planted_kv.py (Finding 12) gives a
+convex solver the exact change of the keys and values on the same captions'
+tokens, and it recovers 0.93 of it. The hypothesis tested here: the
+information is visible through the UNet, but first-order steps (the
+gradient ranking, Adam) only move along the few text directions that carry
+the token energy (16 of 256 carry 99 % of it; the token Gram's condition is
+about 2e9), so they never resolve which entries were shut.
+
+The planted change moves the output by about 1 % of its norm, so the
+teacher's predictions are, to first order, ``f(θ) + J ΔW*`` with ΔW* = −θ ⊙ M.
+Each search here solves the least-squares problem ``min ||J ΔW − r||²``
+(r the teacher's prediction minus the base model's, J the Jacobian in the
+searched K/V weights, through torch.func's jvp and vjp) by conjugate
+gradients on the normal equations, from ΔW = 0:
+
+- ``conjugate gradients``: plain CG (the control: the same solver without
+  knowledge of the text);
+- ``preconditioned CG``: CG preconditioned by the inverse of the text Gram
+  ``A = Σ_t x_t x_tᵀ`` over the training prompts' tokens (the input factor of
+  K-FAC; both K and V read the same text), damped to a condition of
+  ``--condition``.
+
+Each dense ΔW is read out as a shut set of |M| entries by the box solver of
+bench/planted_kv.py (:func:`planted_exact.fista`, the K/V change on the
+training tokens), and scored as planted_exact scores: recall of M and the
+distillation loss on held-out draws (other latents, noise, timesteps and
+512 other captions), beside the planted set and a random set of |M|.
+Also reported: the dense ΔW's own held-out loss, its error in the keys and
+values of the held-out captions (relative to the planted change), and how
+well the planted change itself satisfies the linear model (``linear
+residual of M``: near 0 means first order holds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from diffusers import DDPMScheduler  # noqa: E402
+from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
+from oracle import preserved_captions  # noqa: E402
+from planted_exact import (  # noqa: E402
+    embeddings,
+    fista,
+    gram,
+    loss_and_gradient,
+    make_draws,
+    masks_of,
+    planted_arguments,
+    predictions,
+    random_masks,
+    recall,
+    teacher_latents,
+    top_k,
+)
+from torch.func import functional_call, jvp, vjp  # noqa: E402
+
+from trainer import world  # noqa: E402
+from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
+from trainer.planted import plant  # noqa: E402
+from trainer.xi import ConceptNeuronSearch  # noqa: E402
+
+
+def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b, strict=True))
+
+
+class Linearised:
+    """The UNet's predictions on fixed draws as a linear function of the change ΔW of the searched weights.
+
+    ``apply(dw)`` is J ΔW per draw (forward-mode), ``adjoint(outputs)`` is
+    Jᵀ applied to them (reverse mode, one stored graph per batch), and
+    ``normal(dw)`` is JᵀJ ΔW / n with n the outputs counted.
+    """
+
+    def __init__(self, unet, keys, thetas, draws):
+        self.unet, self.keys, self.thetas, self.draws = unet, keys, thetas, draws
+        zero = [torch.zeros_like(theta) for theta in thetas]
+        self.adjoints = [vjp(self.function(draw), zero)[1] for draw in draws]
+        self.outputs = sum(noisy.numel() for noisy, _, _ in draws)
+
+    def function(self, draw):
+        noisy, t, c = draw
+
+        def f(dw):
+            weights = {key: theta + d for key, theta, d in zip(self.keys, self.thetas, dw, strict=True)}
+            return functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c}).sample
+
+        return f
+
+    def apply(self, dw: list[torch.Tensor]) -> list[torch.Tensor]:
+        zero = [torch.zeros_like(theta) for theta in self.thetas]
+        return [jvp(self.function(draw), (zero,), (dw,))[1].detach() for draw in self.draws]
+
+    def adjoint(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        total = [torch.zeros_like(theta) for theta in self.thetas]
+        for back, out in zip(self.adjoints, outputs, strict=True):
+            for acc, g in zip(total, back(out)[0], strict=True):
+                acc += g.detach()
+        return [acc / self.outputs for acc in total]
+
+    def normal(self, dw: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.adjoint(self.apply(dw))
+
+
+def conjugate_gradients(operator: Linearised, rhs, precondition, iterations: int, log) -> list[torch.Tensor]:
+    """(Preconditioned) CG on JᵀJ ΔW = Jᵀ r from ΔW = 0; ``precondition`` maps a residual to M⁻¹ of it."""
+    x = [torch.zeros_like(g) for g in rhs]
+    residual = [g.clone() for g in rhs]
+    z = precondition(residual)
+    direction = [zi.clone() for zi in z]
+    rz = dot(residual, z)
+    for iteration in range(1, iterations + 1):
+        product = operator.normal(direction)
+        step = rz / dot(direction, product)
+        x = [xi + step * p for xi, p in zip(x, direction, strict=True)]
+        residual = [r - step * q for r, q in zip(residual, product, strict=True)]
+        z = precondition(residual)
+        rz_next = dot(residual, z)
+        direction = [zi + (rz_next / rz) * p for zi, p in zip(z, direction, strict=True)]
+        rz = rz_next
+        log(iteration, x)
+    return x
+
+
+def text_preconditioner(features: torch.Tensor, condition: float):
+    """ΔW ↦ ΔW (A + εI)⁻¹ per searched layer, A the text Gram, ε = λ_max / ``condition``."""
+    a = gram(features)
+    eps = float(torch.linalg.eigvalsh(a)[-1]) / condition
+    inverse = torch.linalg.inv(a + eps * torch.eye(a.shape[0], dtype=a.dtype)).float()
+
+    def precondition(residual):
+        return [r @ inverse for r in residual]
+
+    return precondition
+
+
+@torch.no_grad()
+def dense_loss(unet, keys, thetas, dw, draws, targets) -> float:
+    total = 0.0
+    weights = {key: theta + d for key, theta, d in zip(keys, thetas, dw, strict=True)}
+    for (noisy, t, c), target in zip(draws, targets, strict=True):
+        out = functional_call(unet, weights, (noisy, t), {"encoder_hidden_states": c}).sample
+        total += float(((out.float() - target) ** 2).mean()) / len(draws)
+    return total
+
+
+def kv_error(dw, truth_dw, held_gram) -> float:
+    """||(ΔW − ΔW*) Xᵀ|| / ||ΔW* Xᵀ|| over the held-out captions' tokens X (the keys' and values' error)."""
+    error = sum(
+        float(((d.double() - t) @ held_gram * (d.double() - t)).sum())
+        for d, t in zip(dw, truth_dw, strict=True)
+    )
+    norm = sum(float((t @ held_gram * t).sum()) for t in truth_dw)
+    return (error / norm) ** 0.5
+
+
+def run(args, pipe, seed: int) -> dict:
+    unet = pipe.unet
+    keys = select_layers(unet_keys(args.model), TrainConfig.layers)
+    planted = plant(unet, keys, args.kind, args.fraction, seed)
+    shapes = [unet.state_dict()[key].shape for key in keys]
+    truth = masks_of(planted, keys, shapes)
+    k = int(sum(float(m.sum()) for m in truth))
+    n = sum(m.numel() for m in truth)
+    prompt = f"a photo of a {args.token} {args.class_word}"
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    train_latents = teacher_latents(pipe, planted, prompt, list(range(args.images)))
+    held_latents = teacher_latents(pipe, planted, prompt, list(range(10_000, 10_000 + args.images)))
+    instance = embeddings(pipe, [prompt])
+    captions = preserved_captions(2 * args.captions, seed=99)
+    train_c = torch.cat([instance, embeddings(pipe, captions[: args.captions])])
+    held_c = torch.cat([instance, embeddings(pipe, captions[args.captions :])])
+    # The same draws as planted_exact's "instance prompt + captions" objective for this seed.
+    draws = make_draws(scheduler, train_latents, train_c, args.batches, args.batch_size, seed)
+    held = make_draws(scheduler, held_latents, held_c, args.batches, args.batch_size, seed + 7)
+    targets = predictions(unet, planted, draws)
+    held_targets = predictions(unet, planted, held)
+    base = predictions(unet, None, draws)
+    residuals = [target - b for target, b in zip(targets, base, strict=True)]
+
+    thetas = [unet.state_dict()[key].detach().clone() for key in keys]
+    truth_dw = [-(theta.double() * m.double()) for theta, m in zip(thetas, truth, strict=True)]
+    held_gram = gram(held_c)
+    search = ConceptNeuronSearch(unet, keys)
+
+    def held_loss(masks):
+        return loss_and_gradient(search, masks, held, held_targets, False)[0]
+
+    zero = [torch.zeros(s) for s in shapes]
+    base_loss = held_loss(zero)
+    row = {
+        "seed": seed,
+        "planted": k,
+        "searched": n,
+        "chance": k / n,
+        "base held-out loss": base_loss,
+        "planted held-out loss": held_loss(truth),
+        "random": {"recall": recall(random_masks(truth, k, seed), truth)},
+        "searches": {},
+    }
+    row["random"]["held_out_loss"] = held_loss(random_masks(truth, k, seed))
+
+    started = time.perf_counter()
+    operator = Linearised(unet, keys, thetas, draws)
+    linear = operator.apply([t.float() for t in truth_dw])
+    row["linear residual of M"] = sum(
+        float(((lin - r) ** 2).sum()) for lin, r in zip(linear, residuals, strict=True)
+    ) / sum(float((r**2).sum()) for r in residuals)
+    rhs = operator.adjoint(residuals)
+    print(
+        f"  seed {seed}: planted {k} of {n}; linear residual of M {row['linear residual of M']:.4f} "
+        f"({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    solvers = {
+        "conjugate gradients": lambda residual: residual,
+        "preconditioned CG": text_preconditioner(train_c, args.condition),
+    }
+    for name, precondition in solvers.items():
+        started = time.perf_counter()
+        trace = []
+
+        def log(iteration, dw, name=name, trace=trace, started=started):
+            if iteration % args.every and iteration != args.iterations:
+                return
+            point = {
+                "iteration": iteration,
+                "held_out_loss_dense": dense_loss(unet, keys, thetas, dw, held, held_targets),
+                "kv_error_held_out": kv_error(dw, truth_dw, held_gram),
+                "recall_ratio": recall(
+                    top_k([(-d / t).nan_to_num(0.0) for d, t in zip(dw, thetas, strict=True)], k), truth
+                ),
+                "seconds": time.perf_counter() - started,
+            }
+            trace.append(point)
+            print(
+                f"  seed {seed} {name:<20} it {iteration:3d}: dense held-out loss "
+                f"{point['held_out_loss_dense']:.3e} (base {base_loss:.3e}), K/V error "
+                f"{point['kv_error_held_out']:.3f}, recall of −ΔW/θ {point['recall_ratio']:.3f} "
+                f"({point['seconds']:.0f} s)",
+                flush=True,
+            )
+
+        dw = conjugate_gradients(operator, rhs, precondition, args.iterations, log)
+        amounts = fista(
+            [-d.double() for d in dw], [t.double() for t in thetas], gram(train_c), 0.0, args.fista_steps
+        )
+        shut = top_k([c.float() for c in amounts], k)
+        result = {
+            "recall": recall(shut, truth),
+            "held_out_loss": held_loss(shut),
+            "held_out_loss_dense": trace[-1]["held_out_loss_dense"],
+            "kv_error_held_out": trace[-1]["kv_error_held_out"],
+            "seconds": time.perf_counter() - started,
+            "trace": trace,
+        }
+        row["searches"][name] = result
+        print(
+            f"  seed {seed} {name:<20} shut set: recall {result['recall']:.3f} (chance {k / n:.3f}), "
+            f"held-out loss {result['held_out_loss']:.3e} = {result['held_out_loss'] / base_loss:.2f} x base "
+            f"(random {row['random']['held_out_loss'] / base_loss:.2f} x)",
+            flush=True,
+        )
+    return row
+
+
+def main() -> None:
+    parser = planted_arguments(__doc__)
+    parser.add_argument("--token", default="sks")
+    parser.add_argument("--class-word", default="circle")
+    parser.add_argument("--images", type=int, default=32, help="teacher latents, training and held out")
+    parser.add_argument("--captions", type=int, default=512, help="world captions, training and held out")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=40, help="CG iterations")
+    parser.add_argument("--every", type=int, default=10, help="score the dense change every this many")
+    parser.add_argument("--condition", type=float, default=1e6, help="of the damped text Gram")
+    parser.add_argument("--fista-steps", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = world.load_pipeline(args.model)
+    pipe.unet.set_attn_processor(AttnProcessor())  # plain matmuls: forward-mode AD runs through them
+    started = time.perf_counter()
+    rows = []
+    for seed in args.seeds.split(","):
+        rows.append(run(args, pipe, int(seed)))
+        if args.json:  # after every seed, so that a long run leaves what it measured
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "date": date.today().isoformat(),
+                        "machine": platform.machine(),
+                        "args": {k: str(v) for k, v in vars(args).items()},
+                        "seconds": time.perf_counter() - started,
+                        "rows": rows,
+                    },
+                    indent=1,
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
