@@ -1,7 +1,7 @@
 """Planted truth through the UNet, solved as the linear problem it nearly is: is the failure the conditioning?
 
     OMP_NUM_THREADS=1 python bench/planted_gauss_newton.py --model v2 --seeds 1,2,3 \
-        --json docs/planted-gauss-newton.json
+        --iterations 100 --json docs/planted-gauss-newton.json
 
 bench/planted_exact.py (Finding 11) gives the searches the teacher's exact
 predictions over 512 captions, and every search through the UNet recovers
@@ -26,6 +26,18 @@ gradients on the normal equations, from ΔW = 0:
   ``A = Σ_t x_t x_tᵀ`` over the training prompts' tokens (the input factor of
   K-FAC; both K and V read the same text), damped to a condition of
   ``--condition``.
+
+Two more solve for the shut amounts m directly, ΔW = −θ ⊙ m, on the same
+linear model (projected gradient, step 1/L):
+
+- ``box then top k``: m in [0, 1] (FISTA; convex), read as its k largest;
+- ``k-sparse (IHT)``: m in [0, 1] with at most k nonzero (iterative hard
+  thresholding), the planted set's own constraint.
+
+For these the log separates the three ways a set can fail: the linear
+objective of m itself, of its top-k set (binarising), and the UNet's own
+loss of that set on the same training draws (the nonlinearity), each
+relative to the base model's (1 = no better than shutting nothing).
 
 Each dense ΔW is read out as a shut set of |M| entries by the box solver of
 bench/planted_kv.py (:func:`planted_exact.fista`, the K/V change on the
@@ -77,6 +89,8 @@ from trainer import world  # noqa: E402
 from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
 from trainer.planted import plant  # noqa: E402
 from trainer.xi import ConceptNeuronSearch  # noqa: E402
+
+SOLVERS = ["conjugate gradients", "preconditioned CG", "box then top k", "k-sparse (IHT)"]
 
 
 def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -139,6 +153,61 @@ def conjugate_gradients(operator: Linearised, rhs, precondition, iterations: int
         rz = rz_next
         log(iteration, x)
     return x
+
+
+def keep_k(v: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The nearest point of {m in [0, 1], at most k nonzero} to ``v``: clamp, keep the k that gain most."""
+    clamped = [x.clamp(0.0, 1.0) for x in v]
+    gain = [
+        c * (2 * x - c) for c, x in zip(clamped, v, strict=True)
+    ]  # ||c||² - ||c - x||² + ||x||² per entry
+    return [c * keep for c, keep in zip(clamped, top_k(gain, k), strict=True)]
+
+
+def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sparse: bool, log):
+    """Shut amounts m minimising ½ ||J(−θ ⊙ m) − r||² / n: projected gradient on the linearised model.
+
+    ``sparse=False``: m in [0, 1] (the box relaxation; FISTA, convex), read as the
+    k largest; ``sparse=True``: m in [0, 1] with at most k nonzero (iterative
+    hard thresholding, no momentum), the planted set's own constraint. Step
+    1 / L with L the largest eigenvalue of m ↦ θ ⊙ JᵀJ (θ ⊙ m) / n (power
+    iteration). Logs the linear objective of the iterate.
+    """
+    generator = torch.Generator().manual_seed(0)
+    v = [torch.randn(t.shape, generator=generator) for t in thetas]
+    for _ in range(8):
+        w = [
+            t * g
+            for t, g in zip(
+                thetas, operator.normal([t * x for t, x in zip(thetas, v, strict=True)]), strict=True
+            )
+        ]
+        lipschitz = dot(w, v) / dot(v, v)
+        v = [x / dot(w, w) ** 0.5 for x in w]
+    step = 1.0 / (1.05 * lipschitz)
+    scale = sum(float((r.double() ** 2).sum()) for r in residuals) / operator.outputs
+    m = [torch.zeros_like(t) for t in thetas]
+    y, momentum = m, 1.0
+    for iteration in range(1, iterations + 1):
+        misfit = [
+            o - r
+            for o, r in zip(
+                operator.apply([-t * x for t, x in zip(thetas, y, strict=True)]), residuals, strict=True
+            )
+        ]
+        objective = sum(float((e.double() ** 2).sum()) for e in misfit) / operator.outputs
+        gradient = [-t * g for t, g in zip(thetas, operator.adjoint(misfit), strict=True)]
+        moved = [x - step * g for x, g in zip(y, gradient, strict=True)]
+        m_next = keep_k(moved, k) if sparse else [x.clamp(0.0, 1.0) for x in moved]
+        if sparse:
+            y = m_next
+        else:
+            momentum_next = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
+            y = [a + (momentum - 1) / momentum_next * (a - b) for a, b in zip(m_next, m, strict=True)]
+            momentum = momentum_next
+        m = m_next
+        log(iteration, m, objective / scale)
+    return m
 
 
 def text_preconditioner(features: torch.Tensor, condition: float):
@@ -226,6 +295,20 @@ def run(args, pipe, seed: int) -> dict:
         float(((lin - r) ** 2).sum()) for lin, r in zip(linear, residuals, strict=True)
     ) / sum(float((r**2).sum()) for r in residuals)
     rhs = operator.adjoint(residuals)
+    residual_energy = sum(float((r.double() ** 2).sum()) for r in residuals)
+
+    def linear_misfit(masks):
+        """||J(−θ ⊙ mask) − r||² / ||r||²: the linear model's verdict on a set."""
+        linear = operator.apply([-t * m for t, m in zip(thetas, masks, strict=True)])
+        return sum(
+            float(((lin - r).double() ** 2).sum()) for lin, r in zip(linear, residuals, strict=True)
+        ) / (residual_energy)
+
+    def train_loss(masks):
+        return loss_and_gradient(search, masks, draws, targets, False)[0]
+
+    base_train_loss = train_loss(zero)
+    row["planted train objective"] = train_loss(truth) / base_train_loss
     print(
         f"  seed {seed}: planted {k} of {n}; linear residual of M {row['linear residual of M']:.4f} "
         f"({time.perf_counter() - started:.0f} s)",
@@ -236,6 +319,8 @@ def run(args, pipe, seed: int) -> dict:
         "preconditioned CG": text_preconditioner(train_c, args.condition),
     }
     for name, precondition in solvers.items():
+        if name not in args.solvers:
+            continue
         started = time.perf_counter()
         trace = []
 
@@ -280,6 +365,45 @@ def run(args, pipe, seed: int) -> dict:
             f"(random {row['random']['held_out_loss'] / base_loss:.2f} x)",
             flush=True,
         )
+    for name, sparse in (("box then top k", False), ("k-sparse (IHT)", True)):
+        if name not in args.solvers:
+            continue
+        started = time.perf_counter()
+        trace = []
+
+        def log(iteration, m, objective, name=name, trace=trace, started=started):
+            if iteration % args.every and iteration != args.sparse_iterations:
+                return
+            shut = top_k(m, k)
+            point = {
+                "iteration": iteration,
+                "linear_objective": objective,
+                # The set itself, on the training draws: linear model, then the UNet.
+                "linear_objective_of_set": linear_misfit(shut),
+                "train_objective_of_set": train_loss(shut) / base_train_loss,
+                "recall": recall(shut, truth),
+                "held_out_loss": held_loss(shut),
+                "seconds": time.perf_counter() - started,
+            }
+            trace.append(point)
+            print(
+                f"  seed {seed} {name:<20} it {iteration:3d}: linear objective {objective:.4f} "
+                f"(M {row['linear residual of M']:.4f}); its top k: linear "
+                f"{point['linear_objective_of_set']:.3f}, "
+                f"UNet {point['train_objective_of_set']:.2f}; recall {point['recall']:.3f}, held-out loss "
+                f"{point['held_out_loss'] / base_loss:.2f} x base ({point['seconds']:.0f} s)",
+                flush=True,
+            )
+
+        shut_amounts(operator, thetas, residuals, k, args.sparse_iterations, sparse, log)
+        result = dict(trace[-1], trace=trace)
+        row["searches"][name] = result
+        print(
+            f"  seed {seed} {name:<20} shut set: recall {result['recall']:.3f} (chance {k / n:.3f}), "
+            f"held-out loss {result['held_out_loss']:.3e} = {result['held_out_loss'] / base_loss:.2f} x base "
+            f"(random {row['random']['held_out_loss'] / base_loss:.2f} x)",
+            flush=True,
+        )
     return row
 
 
@@ -293,6 +417,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=40, help="CG iterations")
     parser.add_argument("--every", type=int, default=10, help="score the dense change every this many")
+    parser.add_argument("--sparse-iterations", type=int, default=150, help="of the shut-amount solvers")
+    parser.add_argument(
+        "--solvers",
+        type=lambda text: text.split(","),
+        default=SOLVERS,
+        help=f"comma-separated, of {','.join(SOLVERS)}",
+    )
     parser.add_argument("--condition", type=float, default=1e6, help="of the damped text Gram")
     parser.add_argument("--fista-steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1)
