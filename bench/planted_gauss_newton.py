@@ -90,7 +90,13 @@ from trainer.config import TrainConfig, select_layers, unet_keys  # noqa: E402
 from trainer.planted import plant  # noqa: E402
 from trainer.xi import ConceptNeuronSearch  # noqa: E402
 
-SOLVERS = ["conjugate gradients", "preconditioned CG", "box then top k", "k-sparse (IHT)"]
+SOLVERS = [
+    "conjugate gradients",
+    "preconditioned CG",
+    "box then top k",
+    "k-sparse (IHT)",
+    "Jacobi box then top k",
+]
 
 
 def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -164,24 +170,43 @@ def keep_k(v: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return [c * keep for c, keep in zip(clamped, top_k(gain, k), strict=True)]
 
 
-def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sparse: bool, log):
+def gauss_newton_diagonal(operator: Linearised, samples: int, seed: int = 0) -> list[torch.Tensor]:
+    """diag(JᵀJ) / n, estimated as E[(Jᵀz)²] / n over Rademacher z on the outputs (Hutchinson)."""
+    generator = torch.Generator().manual_seed(seed)
+    total = [torch.zeros_like(theta) for theta in operator.thetas]
+    for _ in range(samples):
+        z = [
+            torch.randint(0, 2, noisy.shape, generator=generator).float() * 2 - 1
+            for noisy, _, _ in operator.draws
+        ]
+        for acc, g in zip(total, operator.adjoint(z), strict=True):
+            acc += g.double() ** 2
+    return [(acc * operator.outputs / samples).float() for acc in total]
+
+
+def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sparse: bool, log, metric=None):
     """Shut amounts m minimising ½ ||J(−θ ⊙ m) − r||² / n: projected gradient on the linearised model.
 
     ``sparse=False``: m in [0, 1] (the box relaxation; FISTA, convex), read as the
     k largest; ``sparse=True``: m in [0, 1] with at most k nonzero (iterative
     hard thresholding, no momentum), the planted set's own constraint. Step
     1 / L with L the largest eigenvalue of m ↦ θ ⊙ JᵀJ (θ ⊙ m) / n (power
-    iteration). Logs the linear objective of the iterate.
+    iteration). With ``metric`` (a positive diagonal D, one tensor a layer) the
+    steps are D⁻¹ times the gradient and L is that of D^(-1/2) H D^(-1/2): FISTA
+    in the metric D, where the box projection is still a clamp. Logs the linear
+    objective of the iterate.
     """
+    metric = metric or [torch.ones_like(t) for t in thetas]
+    root = [d.rsqrt() for d in metric]  # D^(-1/2)
+
+    def hessian(v):  # D^(-1/2) θ ⊙ JᵀJ (θ ⊙ D^(-1/2) v) / n
+        scaled = [t * r * x for t, r, x in zip(thetas, root, v, strict=True)]
+        return [t * r * g for t, r, g in zip(thetas, root, operator.normal(scaled), strict=True)]
+
     generator = torch.Generator().manual_seed(0)
     v = [torch.randn(t.shape, generator=generator) for t in thetas]
     for _ in range(8):
-        w = [
-            t * g
-            for t, g in zip(
-                thetas, operator.normal([t * x for t, x in zip(thetas, v, strict=True)]), strict=True
-            )
-        ]
+        w = hessian(v)
         lipschitz = dot(w, v) / dot(v, v)
         v = [x / dot(w, w) ** 0.5 for x in w]
     step = 1.0 / (1.05 * lipschitz)
@@ -197,7 +222,7 @@ def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sp
         ]
         objective = sum(float((e.double() ** 2).sum()) for e in misfit) / operator.outputs
         gradient = [-t * g for t, g in zip(thetas, operator.adjoint(misfit), strict=True)]
-        moved = [x - step * g for x, g in zip(y, gradient, strict=True)]
+        moved = [x - step * g / d for x, g, d in zip(y, gradient, metric, strict=True)]
         m_next = keep_k(moved, k) if sparse else [x.clamp(0.0, 1.0) for x in moved]
         if sparse:
             y = m_next
@@ -244,7 +269,7 @@ def kv_error(dw, truth_dw, held_gram) -> float:
 
 def run(args, pipe, seed: int) -> dict:
     unet = pipe.unet
-    keys = select_layers(unet_keys(args.model), TrainConfig.layers)
+    keys = select_layers(unet_keys(args.model), args.layers)
     planted = plant(unet, keys, args.kind, args.fraction, seed)
     shapes = [unet.state_dict()[key].shape for key in keys]
     truth = masks_of(planted, keys, shapes)
@@ -280,6 +305,7 @@ def run(args, pipe, seed: int) -> dict:
         "seed": seed,
         "planted": k,
         "searched": n,
+        "outputs": sum(noisy.numel() for noisy, _, _ in draws),
         "chance": k / n,
         "base held-out loss": base_loss,
         "planted held-out loss": held_loss(truth),
@@ -365,10 +391,22 @@ def run(args, pipe, seed: int) -> dict:
             "trace": trace,
         }
         report(name, result)
-    for name, sparse in (("box then top k", False), ("k-sparse (IHT)", True)):
+    for name, sparse in (
+        ("box then top k", False),
+        ("k-sparse (IHT)", True),
+        ("Jacobi box then top k", False),
+    ):
         if name not in args.solvers:
             continue
         started = time.perf_counter()
+        metric = None
+        if name.startswith("Jacobi"):
+            # D = θ² ⊙ diag(JᵀJ)/n, the shut amounts' own Gauss-Newton diagonal, floored at
+            # --damping of its mean so that entries the outputs barely see do not take huge steps.
+            diagonal = gauss_newton_diagonal(operator, args.hutchinson)
+            metric = [t**2 * d for t, d in zip(thetas, diagonal, strict=True)]
+            floor = args.damping * sum(float(d.sum()) for d in metric) / n
+            metric = [d.clamp_min(floor) for d in metric]
         trace = []
 
         def log(iteration, m, objective, name=name, trace=trace, started=started):
@@ -395,7 +433,7 @@ def run(args, pipe, seed: int) -> dict:
                 flush=True,
             )
 
-        shut_amounts(operator, thetas, residuals, k, args.sparse_iterations, sparse, log)
+        shut_amounts(operator, thetas, residuals, k, args.sparse_iterations, sparse, log, metric)
         result = dict(trace[-1], trace=trace)
         report(name, result)
     return row
@@ -407,6 +445,12 @@ def main() -> None:
     parser.add_argument("--class-word", default="circle")
     parser.add_argument("--images", type=int, default=32, help="teacher latents, training and held out")
     parser.add_argument("--captions", type=int, default=512, help="world captions, training and held out")
+    parser.add_argument(
+        "--layers",
+        default=TrainConfig.layers,
+        help="searched (and planted) layers: a preset or state-dict globs; fewer unknowns than outputs "
+        "asks whether the outputs identify the set at all",
+    )
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=40, help="CG iterations")
@@ -420,6 +464,8 @@ def main() -> None:
     )
     parser.add_argument("--condition", type=float, default=1e6, help="of the damped text Gram")
     parser.add_argument("--fista-steps", type=int, default=3000)
+    parser.add_argument("--hutchinson", type=int, default=32, help="samples of the Jacobi solver's diagonal")
+    parser.add_argument("--damping", type=float, default=0.01, help="its floor, relative to its mean")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
