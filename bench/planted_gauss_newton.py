@@ -48,6 +48,13 @@ Also reported: the dense ΔW's own held-out loss, its error in the keys and
 values of the held-out captions (relative to the planted change), and how
 well the planted change itself satisfies the linear model (``linear
 residual of M``: near 0 means first order holds).
+
+Two controls of whether M is identifiable at all, beside the solvers:
+``--overlaps 0,0.5,0.9`` scores sets of |M| entries holding that share of M
+(the rest random): if the objective barely rewards overlap, no solver can
+be led to M by it. ``--warm-start 0.5`` starts the shut-amount solvers at
+such a set instead of at nothing shut: if they leave it for sets far from
+M, M does not even sit in a basin of its own.
 """
 
 from __future__ import annotations
@@ -170,6 +177,22 @@ def keep_k(v: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return [c * keep for c, keep in zip(clamped, top_k(gain, k), strict=True)]
 
 
+def sharing(truth: list[torch.Tensor], k: int, share: float, seed: int) -> list[torch.Tensor]:
+    """A set of k entries of which round(share·k) are a random part of M and the rest random outside it."""
+    flat_truth = torch.cat([m.flatten() for m in truth])
+    inside, outside = flat_truth.nonzero().flatten(), (flat_truth == 0).nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed + 200)
+    hits = round(share * k)
+    chosen = torch.zeros_like(flat_truth)
+    chosen[inside[torch.randperm(inside.numel(), generator=generator)[:hits]]] = 1
+    chosen[outside[torch.randperm(outside.numel(), generator=generator)[: k - hits]]] = 1
+    out, offset = [], 0
+    for m in truth:
+        out.append(chosen[offset : offset + m.numel()].view(m.shape))
+        offset += m.numel()
+    return out
+
+
 def gauss_newton_diagonal(operator: Linearised, samples: int, seed: int = 0) -> list[torch.Tensor]:
     """diag(JᵀJ) / n, estimated as E[(Jᵀz)²] / n over Rademacher z on the outputs (Hutchinson)."""
     generator = torch.Generator().manual_seed(seed)
@@ -184,7 +207,9 @@ def gauss_newton_diagonal(operator: Linearised, samples: int, seed: int = 0) -> 
     return [(acc * operator.outputs / samples).float() for acc in total]
 
 
-def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sparse: bool, log, metric=None):
+def shut_amounts(
+    operator: Linearised, thetas, residuals, k, iterations: int, sparse: bool, log, metric=None, start=None
+):
     """Shut amounts m minimising ½ ||J(−θ ⊙ m) − r||² / n: projected gradient on the linearised model.
 
     ``sparse=False``: m in [0, 1] (the box relaxation; FISTA, convex), read as the
@@ -193,8 +218,9 @@ def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sp
     1 / L with L the largest eigenvalue of m ↦ θ ⊙ JᵀJ (θ ⊙ m) / n (power
     iteration). With ``metric`` (a positive diagonal D, one tensor a layer) the
     steps are D⁻¹ times the gradient and L is that of D^(-1/2) H D^(-1/2): FISTA
-    in the metric D, where the box projection is still a clamp. Logs the linear
-    objective of the iterate.
+    in the metric D, where the box projection is still a clamp. ``start``: the
+    first iterate (default 0, nothing shut). Logs the linear objective of the
+    iterate.
     """
     metric = metric or [torch.ones_like(t) for t in thetas]
     root = [d.rsqrt() for d in metric]  # D^(-1/2)
@@ -211,7 +237,7 @@ def shut_amounts(operator: Linearised, thetas, residuals, k, iterations: int, sp
         v = [x / dot(w, w) ** 0.5 for x in w]
     step = 1.0 / (1.05 * lipschitz)
     scale = sum(float((r.double() ** 2).sum()) for r in residuals) / operator.outputs
-    m = [torch.zeros_like(t) for t in thetas]
+    m = [x.clone() for x in start] if start is not None else [torch.zeros_like(t) for t in thetas]
     y, momentum = m, 1.0
     for iteration in range(1, iterations + 1):
         misfit = [
@@ -346,6 +372,27 @@ def run(args, pipe, seed: int) -> dict:
         f"({time.perf_counter() - started:.0f} s)",
         flush=True,
     )
+    if args.overlaps:
+        # How the objective rates sets by how much of M they hold: is M identifiable with a margin?
+        row["overlaps"] = []
+        for share in args.overlaps:
+            shut = sharing(truth, k, share, seed)
+            point = {
+                "share of M": share,
+                "linear_objective_of_set": linear_misfit(shut),
+                "train_objective_of_set": train_loss(shut) / base_train_loss,
+                "held_out_loss": held_loss(shut) / base_loss,
+            }
+            row["overlaps"].append(point)
+            print(
+                f"  seed {seed} a set holding {share:.2f} of M: "
+                f"linear {point['linear_objective_of_set']:.3f}, "
+                f"UNet {point['train_objective_of_set']:.3f} (train), held-out loss "
+                f"{point['held_out_loss']:.3f} x base",
+                flush=True,
+            )
+    start = sharing(truth, k, args.warm_start, seed) if args.warm_start is not None else None
+    row["warm start"] = args.warm_start
     solvers = {
         "conjugate gradients": lambda residual: residual,
         "preconditioned CG": text_preconditioner(train_c, args.condition),
@@ -433,7 +480,7 @@ def run(args, pipe, seed: int) -> dict:
                 flush=True,
             )
 
-        shut_amounts(operator, thetas, residuals, k, args.sparse_iterations, sparse, log, metric)
+        shut_amounts(operator, thetas, residuals, k, args.sparse_iterations, sparse, log, metric, start)
         result = dict(trace[-1], trace=trace)
         report(name, result)
     return row
@@ -458,17 +505,31 @@ def main() -> None:
     parser.add_argument("--sparse-iterations", type=int, default=150, help="of the shut-amount solvers")
     parser.add_argument(
         "--solvers",
-        type=lambda text: text.split(","),
+        type=lambda text: [name for name in text.split(",") if name],
         default=SOLVERS,
-        help=f"comma-separated, of {','.join(SOLVERS)}",
+        help=f"comma-separated, of {','.join(SOLVERS)} ('' for none: --overlaps alone)",
     )
     parser.add_argument("--condition", type=float, default=1e6, help="of the damped text Gram")
     parser.add_argument("--fista-steps", type=int, default=3000)
     parser.add_argument("--hutchinson", type=int, default=32, help="samples of the Jacobi solver's diagonal")
     parser.add_argument("--damping", type=float, default=0.01, help="its floor, relative to its mean")
+    parser.add_argument(
+        "--overlaps",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[],
+        help="comma-separated shares of M: score sets holding that share of M, the rest random",
+    )
+    parser.add_argument(
+        "--warm-start",
+        type=float,
+        default=None,
+        help="start the shut-amount solvers at a set holding this share of M (default: from nothing shut)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if unknown := [name for name in args.solvers if name not in SOLVERS]:
+        parser.error(f"unknown solver {', '.join(map(repr, unknown))}; choose from {', '.join(SOLVERS)}")
     torch.set_num_threads(args.threads)
     pipe = world.load_pipeline(args.model)
     pipe.unet.set_attn_processor(AttnProcessor())  # plain matmuls: forward-mode AD runs through them
