@@ -52,7 +52,9 @@ residual of M``: near 0 means first order holds).
 Two controls of whether M is identifiable at all, beside the solvers:
 ``--overlaps 0,0.5,0.9`` scores sets of |M| entries holding that share of M
 (the rest random): if the objective barely rewards overlap, no solver can
-be led to M by it. ``--warm-start 0.5`` starts the shut-amount solvers at
+be led to M by it. ``--swaps`` adds, for each such set, whether the linear model's best
+one-entry moves from it (shut one more, open one) point at M: a local
+search can only be led to M if they do. ``--warm-start 0.5`` starts the shut-amount solvers at
 such a set instead of at nothing shut: if they leave it for sets far from
 M, M does not even sit in a basin of its own.
 """
@@ -190,6 +192,43 @@ def sharing(truth: list[torch.Tensor], k: int, share: float, seed: int) -> list[
     for m in truth:
         out.append(chosen[offset : offset + m.numel()].view(m.shape))
         offset += m.numel()
+    return out
+
+
+def swap_scores(operator: Linearised, thetas, residuals, diagonal, shut, truth) -> dict:
+    """Do one-entry moves from ``shut`` point at M? The linear model's exact change of ``||J(−θ⊙s) − r||²/n``.
+
+    With a = J(−θ ⊙ s) − r, g = Jᵀa / n and D = diag(JᵀJ) / n (Hutchinson),
+    shutting one more entry e changes the objective by −2θ_e g_e + θ_e² D_e,
+    opening a shut one by +2θ_e g_e + θ_e² D_e. Scored: the share of M's
+    missing entries among as many best adds (outside s), and of the wrong
+    entries among as many best drops (inside s), each beside its chance.
+    """
+    misfit = [
+        o - r
+        for o, r in zip(
+            operator.apply([-t * x for t, x in zip(thetas, shut, strict=True)]), residuals, strict=True
+        )
+    ]
+    g = operator.adjoint(misfit)
+    flat = lambda tensors: torch.cat([x.flatten() for x in tensors])  # noqa: E731
+    theta, g, d, s, m = flat(thetas), flat(g), flat(diagonal), flat(shut), flat(truth)
+    add = -2 * theta * g + theta**2 * d
+    drop = 2 * theta * g + theta**2 * d
+    missing, wrong = (m * (1 - s)).bool(), (s * (1 - m)).bool()
+    out = {}
+    for name, change, pool, wanted in (("adds", add, ~s.bool(), missing), ("drops", drop, s.bool(), wrong)):
+        count = int(wanted.sum())
+        if count == 0:
+            out[f"{name} that are {'in M' if name == 'adds' else 'not in M'}"] = float("nan")
+            out[f"{name}, chance"] = float("nan")
+            continue
+        candidates = pool.nonzero().flatten()
+        best = candidates[torch.topk(-change[candidates], count).indices]
+        out[f"{name} that are {'in M' if name == 'adds' else 'not in M'}"] = float(
+            wanted[best].float().mean()
+        )
+        out[f"{name}, chance"] = count / candidates.numel()
     return out
 
 
@@ -375,6 +414,7 @@ def run(args, pipe, seed: int) -> dict:
     if args.overlaps:
         # How the objective rates sets by how much of M they hold: is M identifiable with a margin?
         row["overlaps"] = []
+        diagonal = gauss_newton_diagonal(operator, args.hutchinson) if args.swaps else None
         for share in args.overlaps:
             shut = sharing(truth, k, share, seed)
             point = {
@@ -383,6 +423,15 @@ def run(args, pipe, seed: int) -> dict:
                 "train_objective_of_set": train_loss(shut) / base_train_loss,
                 "held_out_loss": held_loss(shut) / base_loss,
             }
+            if args.swaps:
+                point.update(swap_scores(operator, thetas, residuals, diagonal, shut, truth))
+                print(
+                    f"  seed {seed} from a set holding {share:.2f} of M, one entry changed: the best "
+                    f"adds hold {point['adds that are in M']:.3f} of M's missing entries (chance "
+                    f"{point['adds, chance']:.4f}), the best drops {point['drops that are not in M']:.3f} "
+                    f"of the wrong ones (chance {point['drops, chance']:.3f})",
+                    flush=True,
+                )
             row["overlaps"].append(point)
             print(
                 f"  seed {seed} a set holding {share:.2f} of M: "
@@ -392,6 +441,14 @@ def run(args, pipe, seed: int) -> dict:
                 flush=True,
             )
     start = sharing(truth, k, args.warm_start, seed) if args.warm_start is not None else None
+    groups = {}
+    if start is not None:
+        groups = {
+            "started and in M": [a * b for a, b in zip(start, truth, strict=True)],
+            "started, not in M": [a * (1 - b) for a, b in zip(start, truth, strict=True)],
+            "in M, not started": [(1 - a) * b for a, b in zip(start, truth, strict=True)],
+            "the rest": [(1 - a) * (1 - b) for a, b in zip(start, truth, strict=True)],
+        }
     row["warm start"] = args.warm_start
     solvers = {
         "conjugate gradients": lambda residual: residual,
@@ -470,7 +527,17 @@ def run(args, pipe, seed: int) -> dict:
                 "held_out_loss": held_loss(shut),
                 "seconds": time.perf_counter() - started,
             }
+            if start is not None:  # where the iterate's mass sits: has it left the start's wrong entries?
+                for group, weights in groups.items():
+                    point[f"mean shut amount, {group}"] = sum(
+                        float((x * w).sum()) for x, w in zip(m, weights, strict=True)
+                    ) / max(1.0, sum(float(w.sum()) for w in weights))
             trace.append(point)
+            if start is not None:
+                print(
+                    "  " + ", ".join(f"{g}: mean m {point[f'mean shut amount, {g}']:.4f}" for g in groups),
+                    flush=True,
+                )
             print(
                 f"  seed {seed} {name:<20} it {iteration:3d}: linear objective {objective:.4f} "
                 f"(M {row['linear residual of M']:.4f}); its top k: linear "
@@ -518,6 +585,11 @@ def main() -> None:
         type=lambda text: [float(x) for x in text.split(",")],
         default=[],
         help="comma-separated shares of M: score sets holding that share of M, the rest random",
+    )
+    parser.add_argument(
+        "--swaps",
+        action="store_true",
+        help="with --overlaps: do the linear model's best one-entry adds and drops from each set point at M?",
     )
     parser.add_argument(
         "--warm-start",
