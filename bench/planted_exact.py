@@ -153,6 +153,44 @@ def random_masks(like: list[torch.Tensor], k: int, seed: int) -> list[torch.Tens
     return unflatten(flat, like)
 
 
+def sharing(truth: list[torch.Tensor], k: int, share: float, seed: int) -> list[torch.Tensor]:
+    """A set of k entries of which round(share·k) are a random part of M and the rest random outside it."""
+    flat_truth = torch.cat([m.flatten() for m in truth])
+    inside, outside = flat_truth.nonzero().flatten(), (flat_truth == 0).nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed + 200)
+    hits = round(share * k)
+    chosen = torch.zeros_like(flat_truth)
+    chosen[inside[torch.randperm(inside.numel(), generator=generator)[:hits]]] = 1
+    chosen[outside[torch.randperm(outside.numel(), generator=generator)[: k - hits]]] = 1
+    return unflatten(chosen, truth)
+
+
+def best_moves(add: torch.Tensor, drop: torch.Tensor, shut: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Do the best one-entry moves from the set ``shut`` point at the planted set ``truth``?
+
+    ``add`` and ``drop`` (flat, like ``shut`` and ``truth``) are each entry's change of an objective when
+    it is shut too or opened again. Scored: the share of M's missing entries among as many best adds
+    (outside the set), and of the wrong entries among as many best drops (inside it), each beside its
+    chance.
+    """
+    missing, wrong = (truth * (1 - shut)).bool(), (shut * (1 - truth)).bool()
+    out = {}
+    for name, change, pool, wanted in (
+        ("adds", add, ~shut.bool(), missing),
+        ("drops", drop, shut.bool(), wrong),
+    ):
+        label = f"{name} that are {'in M' if name == 'adds' else 'not in M'}"
+        count = int(wanted.sum())
+        if count == 0:
+            out[label], out[f"{name}, chance"] = float("nan"), float("nan")
+            continue
+        candidates = pool.nonzero().flatten()
+        best = candidates[torch.topk(-change[candidates], count).indices]
+        out[label] = float(wanted[best].float().mean())
+        out[f"{name}, chance"] = count / candidates.numel()
+    return out
+
+
 def masks_of(container, keys, shapes) -> list[torch.Tensor]:
     (concept,) = container.concepts.values()
     out = []

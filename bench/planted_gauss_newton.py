@@ -79,6 +79,7 @@ from diffusers import DDPMScheduler  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from oracle import preserved_captions  # noqa: E402
 from planted_exact import (  # noqa: E402
+    best_moves,
     embeddings,
     fista,
     gram,
@@ -89,6 +90,7 @@ from planted_exact import (  # noqa: E402
     predictions,
     random_masks,
     recall,
+    sharing,
     teacher_latents,
     top_k,
 )
@@ -179,22 +181,6 @@ def keep_k(v: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return [c * keep for c, keep in zip(clamped, top_k(gain, k), strict=True)]
 
 
-def sharing(truth: list[torch.Tensor], k: int, share: float, seed: int) -> list[torch.Tensor]:
-    """A set of k entries of which round(share·k) are a random part of M and the rest random outside it."""
-    flat_truth = torch.cat([m.flatten() for m in truth])
-    inside, outside = flat_truth.nonzero().flatten(), (flat_truth == 0).nonzero().flatten()
-    generator = torch.Generator().manual_seed(seed + 200)
-    hits = round(share * k)
-    chosen = torch.zeros_like(flat_truth)
-    chosen[inside[torch.randperm(inside.numel(), generator=generator)[:hits]]] = 1
-    chosen[outside[torch.randperm(outside.numel(), generator=generator)[: k - hits]]] = 1
-    out, offset = [], 0
-    for m in truth:
-        out.append(chosen[offset : offset + m.numel()].view(m.shape))
-        offset += m.numel()
-    return out
-
-
 def swap_scores(operator: Linearised, thetas, residuals, diagonal, shut, truth) -> dict:
     """Do one-entry moves from ``shut`` point at M? The linear model's exact change of ``||J(−θ⊙s) − r||²/n``.
 
@@ -212,24 +198,8 @@ def swap_scores(operator: Linearised, thetas, residuals, diagonal, shut, truth) 
     ]
     g = operator.adjoint(misfit)
     flat = lambda tensors: torch.cat([x.flatten() for x in tensors])  # noqa: E731
-    theta, g, d, s, m = flat(thetas), flat(g), flat(diagonal), flat(shut), flat(truth)
-    add = -2 * theta * g + theta**2 * d
-    drop = 2 * theta * g + theta**2 * d
-    missing, wrong = (m * (1 - s)).bool(), (s * (1 - m)).bool()
-    out = {}
-    for name, change, pool, wanted in (("adds", add, ~s.bool(), missing), ("drops", drop, s.bool(), wrong)):
-        count = int(wanted.sum())
-        if count == 0:
-            out[f"{name} that are {'in M' if name == 'adds' else 'not in M'}"] = float("nan")
-            out[f"{name}, chance"] = float("nan")
-            continue
-        candidates = pool.nonzero().flatten()
-        best = candidates[torch.topk(-change[candidates], count).indices]
-        out[f"{name} that are {'in M' if name == 'adds' else 'not in M'}"] = float(
-            wanted[best].float().mean()
-        )
-        out[f"{name}, chance"] = count / candidates.numel()
-    return out
+    theta, g, d = flat(thetas), flat(g), flat(diagonal)
+    return best_moves(-2 * theta * g + theta**2 * d, 2 * theta * g + theta**2 * d, flat(shut), flat(truth))
 
 
 def gauss_newton_diagonal(operator: Linearised, samples: int, seed: int = 0) -> list[torch.Tensor]:

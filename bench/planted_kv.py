@@ -31,6 +31,14 @@ for M; a random set of the same size is about 2).
 If recall is high here, the text carries the set and Finding 11's failure is
 the search's (what the UNet lets it see); if it is low, no search of the UNet
 can recover a planted random set in this world.
+
+``--overlaps 0,0.5,0.9`` is the control of bench/planted_gauss_newton.py on
+the same footing: it scores sets of |M| entries holding that share of M (the
+same sets for the same seed and layers) by this objective on the captions'
+tokens, and whether its exact best one-entry moves from each (shut one more,
+open one) point at M. Beside the UNet's verdict on the same sets it says
+whether what the keys and values can tell survives the UNet. ``--layers``
+takes the searched layers as that bench does.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from oracle import preserved_captions  # noqa: E402
 from planted_exact import (  # noqa: E402
+    best_moves,
     embeddings,
     fista,
     gram,
@@ -55,6 +64,7 @@ from planted_exact import (  # noqa: E402
     planted_arguments,
     random_masks,
     recall,
+    sharing,
     top_k,
 )
 
@@ -73,6 +83,27 @@ def unexplained(found: list[torch.Tensor], truth: list[torch.Tensor], weights, c
     return miss / total
 
 
+def moves_from(shut, truth, weights, c_train) -> dict:
+    """This objective's verdict on a set, ||((s − M) ⊙ W) Xᵀ||² / ||(M ⊙ W) Xᵀ||², and its one-entry moves.
+
+    With a = (s − M) ⊙ W per row and G = XᵀX, shutting one more entry (r, j) changes
+    ||a G^½||² by 2 W_rj (aG)_rj + W_rj² G_jj, opening one by −2 W_rj (aG)_rj + W_rj² G_jj.
+    """
+    total = sum(float((((m * w) @ c_train) * (m * w)).sum()) for m, w in zip(truth, weights, strict=True))
+    objective, adds, drops = 0.0, [], []
+    for s, m, w in zip(shut, truth, weights, strict=True):
+        a = (s - m) * w
+        ag = a @ c_train
+        objective += float((ag * a).sum())
+        curvature = w**2 * torch.diagonal(c_train)
+        adds.append((2 * w * ag + curvature).flatten())
+        drops.append((-2 * w * ag + curvature).flatten())
+    flat = lambda tensors: torch.cat([x.flatten() for x in tensors])  # noqa: E731
+    return {"objective_of_set": objective / total} | best_moves(
+        torch.cat(adds), torch.cat(drops), flat(shut), flat(truth)
+    )
+
+
 def spectrum(c: torch.Tensor) -> dict:
     values = torch.linalg.eigvalsh(c).flip(0).clamp_min(0)
     share = torch.cumsum(values, 0) / values.sum()
@@ -89,13 +120,24 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=512)
     parser.add_argument("--alphas", default="0,0.001,0.01")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument(
+        "--layers",
+        default=TrainConfig.layers,
+        help="searched (and planted) layers: a preset or state-dict globs",
+    )
+    parser.add_argument(
+        "--overlaps",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[],
+        help="comma-separated shares of M: score sets holding that share of M and their best one-entry moves",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = world.load_pipeline(args.model)
     unet = pipe.unet
-    keys = select_layers(unet_keys(args.model), TrainConfig.layers)
+    keys = select_layers(unet_keys(args.model), args.layers)
     state = unet.state_dict()
     weights = [state[key].double() for key in keys]
     captions = preserved_captions(2 * args.captions, seed=99)
@@ -158,6 +200,22 @@ def main() -> None:
                     "unexplained": unexplained(found, truth, weights, c_held),
                     "entries_above_half": int(sum(float((x > 0.5).sum()) for x in c)),
                 }
+        row["overlaps"] = []
+        for share in args.overlaps:
+            point = {"share of M": share} | moves_from(
+                sharing(truth, k, share, seed), truth, weights, grams["instance prompt + captions"]
+            )
+            point["unexplained"] = unexplained(sharing(truth, k, share, seed), truth, weights, c_held)
+            row["overlaps"].append(point)
+            print(
+                f"  seed {seed} a set holding {share:.2f} of M: K/V objective "
+                f"{point['objective_of_set']:.3f} (held out {point['unexplained']:.3f}); best adds hold "
+                f"{point['adds that are in M']:.3f} of M's missing entries "
+                f"(chance {point['adds, chance']:.4f}), best drops "
+                f"{point['drops that are not in M']:.3f} of the wrong ones "
+                f"(chance {point['drops, chance']:.3f})",
+                flush=True,
+            )
         for label, values in row["sets"].items():
             print(
                 f"  seed {seed} {label:<58} recall {values['recall']:.3f}  "
