@@ -51,10 +51,12 @@ residual of M``: near 0 means first order holds).
 
 Two controls of whether M is identifiable at all, beside the solvers:
 ``--overlaps 0,0.5,0.9`` scores sets of |M| entries holding that share of M
-(the rest random): if the objective barely rewards overlap, no solver can
-be led to M by it. ``--swaps`` adds, for each such set, whether the linear model's best
-one-entry moves from it (shut one more, open one) point at M: a local
-search can only be led to M if they do. ``--warm-start 0.5`` starts the shut-amount solvers at
+(the rest random): how much the objective rewards overlap (compare
+bench/planted_kv.py --overlaps, the same sets judged by their keys and
+values, which a convex solver does recover). ``--swaps`` adds, for each
+such set, whether the linear model's best one-entry moves from it (shut
+one more, open one) point at M: a local search can only be led to M if
+they do. ``--warm-start 0.5`` starts the shut-amount solvers at
 such a set instead of at nothing shut: if they leave it for sets far from
 M, M does not even sit in a basin of its own.
 """
