@@ -25,6 +25,12 @@ shut), and the share of M's missing entries among the best adds and of the
 wrong entries among the best drops, beside chance. The draws are
 bench/planted_gauss_newton.py's for the same seed and ``--layers`` (its
 ``--swaps`` on ``mid_block.*attn2.to_v.weight`` gives the UNet's row).
+
+``--readings`` goes on past the layer: the same sets and moves read at the
+outputs of modules further on (state-dict style names; ``prediction`` for
+the UNet's output), through the linearised UNet as bench/planted_gauss_newton.py
+does (J by forward and reverse mode, diag(JᵀJ) by a Hutchinson estimate, so
+reading the layer itself this way checks the estimate against the exact moves).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from planted_exact import (  # noqa: E402
     sharing,
     teacher_latents,
 )
+from planted_gauss_newton import Linearised, gauss_newton_diagonal, swap_scores  # noqa: E402
 
 from trainer import world  # noqa: E402
 from trainer.planted import plant  # noqa: E402
@@ -165,6 +172,29 @@ def run(args, pipe, seed: int) -> dict:
                 flush=True,
             )
         row["overlaps"].append(point)
+    thetas, masks = [theta.float()], [truth.float()]
+    for reading in args.readings:
+        operator = Linearised(unet, [key], thetas, draws, None if reading == "prediction" else reading)
+        diagonal = gauss_newton_diagonal(operator, args.hutchinson)
+        residuals = operator.apply([-thetas[0] * masks[0]])
+        energy = sum(float((r.double() ** 2).sum()) for r in residuals)
+        for point in row["overlaps"]:
+            shut = sharing(masks, k, point["share of M"], seed)
+            misfit = operator.apply([-thetas[0] * shut[0]])
+            got = {
+                "objective_of_set": sum(
+                    float(((m - r).double() ** 2).sum()) for m, r in zip(misfit, residuals, strict=True)
+                )
+                / energy
+            } | swap_scores(operator, thetas, residuals, diagonal, shut, masks)
+            point[reading] = got
+            print(
+                f"  seed {seed} {point['share of M']:.2f} of M, {reading}: "
+                f"objective {got['objective_of_set']:.3f}; best adds in M {got['adds that are in M']:.3f}, "
+                f"best drops wrong {got['drops that are not in M']:.3f}",
+                flush=True,
+            )
+        del operator
     return row
 
 
@@ -184,6 +214,13 @@ def main() -> None:
     parser.add_argument(
         "--overlaps", type=lambda text: [float(x) for x in text.split(",")], default=[0, 0.5, 0.75, 0.9, 0.97]
     )
+    parser.add_argument(
+        "--readings",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=[],
+        help="comma-separated modules further on whose outputs judge the same sets ('prediction': the UNet)",
+    )
+    parser.add_argument("--hutchinson", type=int, default=64, help="samples of diag(JᵀJ) for --readings")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

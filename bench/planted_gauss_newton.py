@@ -121,21 +121,36 @@ class Linearised:
 
     ``apply(dw)`` is J ΔW per draw (forward-mode), ``adjoint(outputs)`` is
     Jᵀ applied to them (reverse mode, one stored graph per batch), and
-    ``normal(dw)`` is JᵀJ ΔW / n with n the outputs counted.
+    ``normal(dw)`` is JᵀJ ΔW / n with n the outputs counted. ``reading``, a
+    submodule's name, reads that module's output instead of the prediction.
     """
 
-    def __init__(self, unet, keys, thetas, draws):
-        self.unet, self.keys, self.thetas, self.draws = unet, keys, thetas, draws
+    def __init__(self, unet, keys, thetas, draws, reading: str | None = None):
+        self.unet, self.keys, self.thetas, self.draws, self.reading = unet, keys, thetas, draws, reading
         zero = [torch.zeros_like(theta) for theta in thetas]
-        self.adjoints = [vjp(self.function(draw), zero)[1] for draw in draws]
-        self.outputs = sum(noisy.numel() for noisy, _, _ in draws)
+        pairs = [vjp(self.function(draw), zero) for draw in draws]
+        self.adjoints = [back for _, back in pairs]
+        self.shapes = [out.shape for out, _ in pairs]
+        self.outputs = sum(out.numel() for out, _ in pairs)
 
     def function(self, draw):
         noisy, t, c = draw
 
         def f(dw):
             weights = {key: theta + d for key, theta, d in zip(self.keys, self.thetas, dw, strict=True)}
-            return functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c}).sample
+            if self.reading is None:
+                return functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c}).sample
+            read = {}
+
+            def keep(_, __, out):  # returns None: the module's output goes on unchanged
+                read["out"] = out if torch.is_tensor(out) else out[0]
+
+            hook = self.unet.get_submodule(self.reading).register_forward_hook(keep)
+            try:
+                functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c})
+            finally:
+                hook.remove()
+            return read["out"]
 
         return f
 
@@ -209,10 +224,7 @@ def gauss_newton_diagonal(operator: Linearised, samples: int, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     total = [torch.zeros_like(theta) for theta in operator.thetas]
     for _ in range(samples):
-        z = [
-            torch.randint(0, 2, noisy.shape, generator=generator).float() * 2 - 1
-            for noisy, _, _ in operator.draws
-        ]
+        z = [torch.randint(0, 2, shape, generator=generator).float() * 2 - 1 for shape in operator.shapes]
         for acc, g in zip(total, operator.adjoint(z), strict=True):
             acc += g.double() ** 2
     return [(acc * operator.outputs / samples).float() for acc in total]
