@@ -35,11 +35,7 @@ reading the layer itself this way checks the estimate against the exact moves).
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
-import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,6 +51,7 @@ from planted_exact import (  # noqa: E402
     make_draws,
     masks_of,
     planted_arguments,
+    run_seeds,
     sharing,
     teacher_latents,
 )
@@ -227,21 +224,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = world.load_pipeline(args.model)
     pipe.unet.set_attn_processor(AttnProcessor())  # probabilities formed where they can be read
-    started = time.perf_counter()
-    rows = [run(args, pipe, int(seed)) for seed in args.seeds.split(",")]
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": date.today().isoformat(),
-                    "machine": platform.machine(),
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "seconds": time.perf_counter() - started,
-                    "rows": rows,
-                },
-                indent=1,
-            )
-        )
+    run_seeds(args, pipe, run)
 
 
 if __name__ == "__main__":

@@ -430,6 +430,27 @@ def run(args, pipe, seed: int) -> dict:
     return row
 
 
+def write_report(args, rows: list[dict], started: float) -> None:
+    """The planted benches' JSON (``--json``), rewritten after every seed: a long run keeps its results."""
+    if args.json:
+        report = {
+            "date": date.today().isoformat(),
+            "machine": platform.machine(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "seconds": time.perf_counter() - started,
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+def run_seeds(args, pipe, run) -> None:
+    """``run(args, pipe, seed)`` for each of ``--seeds``, the report written after each."""
+    started, rows = time.perf_counter(), []
+    for seed in args.seeds.split(","):
+        rows.append(run(args, pipe, int(seed)))
+        write_report(args, rows, started)
+
+
 def planted_arguments(doc: str) -> argparse.ArgumentParser:
     """The planted benches' shared options: the world, the planted-set seeds, kind and size."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -460,21 +481,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = world.load_pipeline(args.model)
-    started = time.perf_counter()
-    rows = [run(args, pipe, int(seed)) for seed in args.seeds.split(",")]
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": date.today().isoformat(),
-                    "machine": platform.machine(),
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "seconds": time.perf_counter() - started,
-                    "rows": rows,
-                },
-                indent=1,
-            )
-        )
+    run_seeds(args, pipe, run)
 
 
 if __name__ == "__main__":

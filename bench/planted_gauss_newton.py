@@ -63,12 +63,9 @@ M, M does not even sit in a basin of its own.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -92,6 +89,7 @@ from planted_exact import (  # noqa: E402
     predictions,
     random_masks,
     recall,
+    run_seeds,
     sharing,
     teacher_latents,
     top_k,
@@ -589,23 +587,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = world.load_pipeline(args.model)
     pipe.unet.set_attn_processor(AttnProcessor())  # plain matmuls: forward-mode AD runs through them
-    started = time.perf_counter()
-    rows = []
-    for seed in args.seeds.split(","):
-        rows.append(run(args, pipe, int(seed)))
-        if args.json:  # after every seed, so that a long run leaves what it measured
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "date": date.today().isoformat(),
-                        "machine": platform.machine(),
-                        "args": {k: str(v) for k, v in vars(args).items()},
-                        "seconds": time.perf_counter() - started,
-                        "rows": rows,
-                    },
-                    indent=1,
-                )
-            )
+    run_seeds(args, pipe, run)
 
 
 if __name__ == "__main__":

@@ -202,10 +202,11 @@ def main() -> None:
                 }
         row["overlaps"] = []
         for share in args.overlaps:
+            shut = sharing(truth, k, share, seed)
             point = {"share of M": share} | moves_from(
-                sharing(truth, k, share, seed), truth, weights, grams["instance prompt + captions"]
+                shut, truth, weights, grams["instance prompt + captions"]
             )
-            point["unexplained"] = unexplained(sharing(truth, k, share, seed), truth, weights, c_held)
+            point["unexplained"] = unexplained(shut, truth, weights, c_held)
             row["overlaps"].append(point)
             print(
                 f"  seed {seed} a set holding {share:.2f} of M: K/V objective "
