@@ -119,6 +119,105 @@ def stages(attn, inputs):
     }
 
 
+def reading_of(unet, reading: str, keys, thetas, draws, row: dict):
+    """The module a ``--readings`` entry reads, and what is applied to its output.
+
+    ``prediction`` reads the UNet's output; a module's name, that module's. ``R:silu``,
+    ``R:conv1`` and ``R:whitened`` step through resnet R's first convolution, which has
+    no module of its own between them: its first GroupNorm's output after the
+    activation, then ``conv1`` of that (as reading ``R.conv1``), then ``conv1`` followed
+    by the 1×1 map (W Wᵀ)^(-1/2), W the convolution's weight on the input channels the
+    change reaches, flattened to (out, channels × 3 × 3): the same row space with
+    every singular value 1. If a single entry's signal is back there, ``conv1`` only
+    weights it down; if not, it removes it. The spectrum of W goes into ``row``.
+    ``X:decorrelated`` reads X (a module or ``prediction``) in the metric of
+    :func:`decorrelated`.
+    """
+    if reading == "prediction":
+        return None, None
+    if ":" not in reading:
+        return reading, None
+    name, step = reading.rsplit(":", 1)
+    if step == "decorrelated":
+        return decorrelated(unet, None if name == "prediction" else name, keys, thetas, draws, row)
+    resnet = unet.get_submodule(name)
+    if step == "silu":
+        return f"{name}.norm1", resnet.nonlinearity
+    if step == "conv1":
+        return f"{name}.norm1", lambda out: resnet.conv1(resnet.nonlinearity(out))
+    if step != "whitened":
+        raise SystemExit(f"--readings: unknown step {step!r} in {reading!r} (silu, conv1, whitened)")
+    probe = Linearised(unet, keys, thetas, draws[:1], f"{name}.norm1")
+    change = probe.apply([torch.randn_like(t) for t in thetas])[0]
+    reached = change.abs().sum(dim=(0, 2, 3)) > 0
+    weight = resnet.conv1.weight.detach().double()[:, reached].flatten(1)
+    values, vectors = torch.linalg.eigh(weight @ weight.T)
+    whiten = (vectors * values.rsqrt()) @ vectors.T
+    singular = values.sqrt().flip(0)
+    row.setdefault("spectra", {})[name] = {
+        "input channels reached": int(reached.sum()),
+        "input channels": int(reached.numel()),
+        "singular values, largest / median / smallest": [
+            float(singular[0]),
+            float(singular.median()),
+            float(singular[-1]),
+        ],
+        "participation ratio / outputs": float(values.sum() ** 2 / (values**2).sum() / values.numel()),
+    }
+    print(f"  {name}.conv1 on the reached channels: {row['spectra'][name]}", flush=True)
+    whiten = whiten.float()
+
+    def whitened(out):
+        return torch.einsum("oc,bchw->bohw", whiten, resnet.conv1(resnet.nonlinearity(out)))
+
+    return f"{name}.norm1", whitened
+
+
+def decorrelated(unet, module, keys, thetas, draws, row: dict, sets: int = 32, fraction: float = 0.01):
+    """Read ``module``'s output through C^(-1/2), C the covariance of the changes random sets make there.
+
+    C is estimated per output element (one image position's channels × positions, as one
+    vector) from ``sets`` random sets of ``fraction`` of the searched entries shut, each
+    over every draw: the metric in which the changes any random set makes are white.
+    Eigenvalues below 1e-6 of the largest are floored there. Its spread goes into ``row``.
+    """
+    plain = Linearised(unet, keys, thetas, draws, module)
+    generator = torch.Generator().manual_seed(12345)
+    columns = []
+    for _ in range(sets):
+        shut = [(torch.rand(t.shape, generator=generator) < fraction).float() for t in thetas]
+        columns += [
+            out.flatten(1).double()
+            for out in plain.apply([-t * m for t, m in zip(thetas, shut, strict=True)])
+        ]
+    changes = torch.cat(columns)
+    values, vectors = torch.linalg.eigh(changes.T @ changes / len(changes))
+    values = values.clamp(min=1e-6 * float(values[-1]))
+    transform = ((vectors * values.rsqrt()) @ vectors.T).float()
+    share = values.flip(0).cumsum(0) / values.sum()
+    label = f"{module or 'prediction'} (random-set changes)"
+    row.setdefault("spectra", {})[label] = {
+        "dimensions": int(values.numel()),
+        "vectors": int(len(changes)),
+        "eigenvalues, largest / median / smallest": [
+            float(values[-1]),
+            float(values.median()),
+            float(values[0]),
+        ],
+        "directions holding 90 / 99 % of the change": [
+            int((share < 0.9).sum()) + 1,
+            int((share < 0.99).sum()) + 1,
+        ],
+    }
+    print(f"  {label}: {row['spectra'][label]}", flush=True)
+    del plain
+
+    def white(out):
+        return (out.flatten(1) @ transform.T).view(out.shape)
+
+    return module, white
+
+
 def judged(view, diagonal, shut, truth, theta) -> dict:
     """The view's objective of ``shut`` relative to nothing shut, and its exact best one-entry moves."""
 
@@ -171,7 +270,8 @@ def run(args, pipe, seed: int) -> dict:
         row["overlaps"].append(point)
     thetas, masks = [theta.float()], [truth.float()]
     for reading in args.readings:
-        operator = Linearised(unet, [key], thetas, draws, None if reading == "prediction" else reading)
+        module, post = reading_of(unet, reading, [key], thetas, draws, row)
+        operator = Linearised(unet, [key], thetas, draws, module, post)
         diagonal = gauss_newton_diagonal(operator, args.hutchinson)
         residuals = operator.apply([-thetas[0] * masks[0]])
         energy = sum(float((r.double() ** 2).sum()) for r in residuals)
@@ -215,7 +315,8 @@ def main() -> None:
         "--readings",
         type=lambda text: [name for name in text.split(",") if name],
         default=[],
-        help="comma-separated modules further on whose outputs judge the same sets ('prediction': the UNet)",
+        help="comma-separated modules further on whose outputs judge the same sets ('prediction': the "
+        "UNet; RESNET:silu, RESNET:conv1, RESNET:whitened: the steps of its conv1, see reading_of)",
     )
     parser.add_argument("--hutchinson", type=int, default=64, help="samples of diag(JᵀJ) for --readings")
     parser.add_argument("--threads", type=int, default=1)

@@ -120,11 +120,14 @@ class Linearised:
     ``apply(dw)`` is J ΔW per draw (forward-mode), ``adjoint(outputs)`` is
     Jᵀ applied to them (reverse mode, one stored graph per batch), and
     ``normal(dw)`` is JᵀJ ΔW / n with n the outputs counted. ``reading``, a
-    submodule's name, reads that module's output instead of the prediction.
+    submodule's name, reads that module's output instead of the prediction;
+    ``post`` maps what is read on (a function of the read tensor, linearised
+    with the rest), e.g. the next steps of a block that are not modules of their own.
     """
 
-    def __init__(self, unet, keys, thetas, draws, reading: str | None = None):
+    def __init__(self, unet, keys, thetas, draws, reading: str | None = None, post=None):
         self.unet, self.keys, self.thetas, self.draws, self.reading = unet, keys, thetas, draws, reading
+        self.post = post or (lambda out: out)
         zero = [torch.zeros_like(theta) for theta in thetas]
         pairs = [vjp(self.function(draw), zero) for draw in draws]
         self.adjoints = [back for _, back in pairs]
@@ -137,7 +140,8 @@ class Linearised:
         def f(dw):
             weights = {key: theta + d for key, theta, d in zip(self.keys, self.thetas, dw, strict=True)}
             if self.reading is None:
-                return functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c}).sample
+                out = functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c}).sample
+                return self.post(out)
             read = {}
 
             def keep(_, __, out):  # returns None: the module's output goes on unchanged
@@ -148,7 +152,7 @@ class Linearised:
                 functional_call(self.unet, weights, (noisy, t), {"encoder_hidden_states": c})
             finally:
                 hook.remove()
-            return read["out"]
+            return self.post(read["out"])
 
         return f
 
