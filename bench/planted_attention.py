@@ -55,7 +55,12 @@ from planted_exact import (  # noqa: E402
     sharing,
     teacher_latents,
 )
-from planted_gauss_newton import Linearised, gauss_newton_diagonal, swap_scores  # noqa: E402
+from planted_gauss_newton import (  # noqa: E402
+    Linearised,
+    decorrelating_map,
+    gauss_newton_diagonal,
+    swap_scores,
+)
 
 from trainer import world  # noqa: E402
 from trainer.planted import plant  # noqa: E402
@@ -173,49 +178,13 @@ def reading_of(unet, reading: str, keys, thetas, draws, row: dict):
     return f"{name}.norm1", whitened
 
 
-def decorrelated(unet, module, keys, thetas, draws, row: dict, sets: int = 32, fraction: float = 0.01):
-    """Read ``module``'s output through C^(-1/2), C the covariance of the changes random sets make there.
-
-    C is estimated per output element (one image position's channels × positions, as one
-    vector) from ``sets`` random sets of ``fraction`` of the searched entries shut, each
-    over every draw: the metric in which the changes any random set makes are white.
-    Eigenvalues below 1e-6 of the largest are floored there. Its spread goes into ``row``.
-    """
-    plain = Linearised(unet, keys, thetas, draws, module)
-    generator = torch.Generator().manual_seed(12345)
-    columns = []
-    for _ in range(sets):
-        shut = [(torch.rand(t.shape, generator=generator) < fraction).float() for t in thetas]
-        columns += [
-            out.flatten(1).double()
-            for out in plain.apply([-t * m for t, m in zip(thetas, shut, strict=True)])
-        ]
-    changes = torch.cat(columns)
-    values, vectors = torch.linalg.eigh(changes.T @ changes / len(changes))
-    values = values.clamp(min=1e-6 * float(values[-1]))
-    transform = ((vectors * values.rsqrt()) @ vectors.T).float()
-    share = values.flip(0).cumsum(0) / values.sum()
+def decorrelated(unet, module, keys, thetas, draws, row: dict):
+    """Read ``module``'s output in the metric where random sets' changes are white (decorrelating_map)."""
+    transform, spectrum = decorrelating_map(Linearised(unet, keys, thetas, draws, module))
     label = f"{module or 'prediction'} (random-set changes)"
-    row.setdefault("spectra", {})[label] = {
-        "dimensions": int(values.numel()),
-        "vectors": int(len(changes)),
-        "eigenvalues, largest / median / smallest": [
-            float(values[-1]),
-            float(values.median()),
-            float(values[0]),
-        ],
-        "directions holding 90 / 99 % of the change": [
-            int((share < 0.9).sum()) + 1,
-            int((share < 0.99).sum()) + 1,
-        ],
-    }
-    print(f"  {label}: {row['spectra'][label]}", flush=True)
-    del plain
-
-    def white(out):
-        return (out.flatten(1) @ transform.T).view(out.shape)
-
-    return module, white
+    row.setdefault("spectra", {})[label] = spectrum
+    print(f"  {label}: {spectrum}", flush=True)
+    return module, transform
 
 
 def judged(view, diagonal, shut, truth, theta) -> dict:
