@@ -59,6 +59,7 @@ from planted_gauss_newton import (  # noqa: E402
     Linearised,
     decorrelating_map,
     gauss_newton_diagonal,
+    inverse_root,
     swap_scores,
 )
 
@@ -156,8 +157,7 @@ def reading_of(unet, reading: str, keys, thetas, draws, row: dict):
     change = probe.apply([torch.randn_like(t) for t in thetas])[0]
     reached = change.abs().sum(dim=(0, 2, 3)) > 0
     weight = resnet.conv1.weight.detach().double()[:, reached].flatten(1)
-    values, vectors = torch.linalg.eigh(weight @ weight.T)
-    whiten = (vectors * values.rsqrt()) @ vectors.T
+    whiten, values = inverse_root(weight @ weight.T)
     singular = values.sqrt().flip(0)
     row.setdefault("spectra", {})[name] = {
         "input channels reached": int(reached.sum()),

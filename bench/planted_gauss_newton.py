@@ -72,6 +72,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -134,11 +135,24 @@ class Linearised:
     def __init__(self, unet, keys, thetas, draws, reading: str | None = None, post=None):
         self.unet, self.keys, self.thetas, self.draws, self.reading = unet, keys, thetas, draws, reading
         self.post = post or (lambda out: out)
-        zero = [torch.zeros_like(theta) for theta in thetas]
-        pairs = [vjp(self.function(draw), zero) for draw in draws]
-        self.adjoints = [back for _, back in pairs]
-        self.shapes = [out.shape for out, _ in pairs]
-        self.outputs = sum(out.numel() for out, _ in pairs)
+
+    @cached_property
+    def _pairs(self):
+        """(output, reverse-mode function) per draw, built on first use: ``apply`` alone needs none."""
+        zero = [torch.zeros_like(theta) for theta in self.thetas]
+        return [vjp(self.function(draw), zero) for draw in self.draws]
+
+    @property
+    def adjoints(self):
+        return [back for _, back in self._pairs]
+
+    @property
+    def shapes(self):
+        return [out.shape for out, _ in self._pairs]
+
+    @property
+    def outputs(self) -> int:
+        return sum(out.numel() for out, _ in self._pairs)
 
     def function(self, draw):
         noisy, t, c = draw
@@ -177,6 +191,14 @@ class Linearised:
         return self.adjoint(self.apply(dw))
 
 
+def inverse_root(gram: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """G^(-1/2) of a symmetric positive (semi)definite G, and G's eigenvalues (ascending), those below
+    ``floor`` times the largest raised to it first."""
+    values, vectors = torch.linalg.eigh(gram)
+    values = values.clamp(min=floor * float(values[-1]))
+    return (vectors * values.rsqrt()) @ vectors.T, values
+
+
 def decorrelating_map(operator: Linearised, sets: int = 32, fraction: float = 0.01, seed: int = 12345):
     """C^(-1/2) as a map on the operator's outputs, C the covariance of the changes random sets make there.
 
@@ -193,9 +215,8 @@ def decorrelating_map(operator: Linearised, sets: int = 32, fraction: float = 0.
         dw = [-t * m for t, m in zip(operator.thetas, shut, strict=True)]
         columns += [out.flatten(1).double() for out in operator.apply(dw)]
     changes = torch.cat(columns)
-    values, vectors = torch.linalg.eigh(changes.T @ changes / len(changes))
-    values = values.clamp(min=1e-6 * float(values[-1]))
-    transform = ((vectors * values.rsqrt()) @ vectors.T).float()
+    transform, values = inverse_root(changes.T @ changes / len(changes), floor=1e-6)
+    transform = transform.float()
     share = values.flip(0).cumsum(0) / values.sum()
     spectrum = {
         "dimensions": int(values.numel()),
@@ -422,9 +443,8 @@ def run(args, pipe, seed: int) -> dict:
 
     started = time.perf_counter()
     operator = Linearised(unet, keys, thetas, draws)
-    if (
-        args.metric == "decorrelated"
-    ):  # the linear model and its solvers in the metric where random sets are white
+    if args.metric == "decorrelated":
+        # The linear model and its solvers in the metric where random sets' changes are white.
         white, row["metric spectrum"] = decorrelating_map(operator, fraction=args.fraction)
         operator = Linearised(unet, keys, thetas, draws, post=white)
         residuals = [white(r) for r in residuals]
