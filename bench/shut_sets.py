@@ -71,10 +71,19 @@ def sparse_oracle(pipe, subject, keys, lam: float) -> dict[str, np.ndarray]:
     return benefit
 
 
-def gradient_rankings(search, bank, embedding, scheduler, batches: int, batch: int, seed: int):
-    """Mean −∂L/∂δ and the Gauss–Newton diagonal of the instance loss at δ = 0."""
+def gradient_rankings(
+    search, bank, embedding, scheduler, batches: int, batch: int, seed: int, metric=None, curvature=True
+):
+    """Mean −∂L/∂δ and the Gauss–Newton diagonal of the instance loss at δ = 0.
+
+    ``metric`` (optional) maps the residual (prediction − target) before it is squared: the loss is
+    then posed in that metric of the outputs (bench/decorrelated_sets.py). The curvature stays
+    Euclidean; ``curvature=False`` skips it (the second value is then None). The draws depend on
+    neither.
+    """
     generator = torch.Generator().manual_seed(seed)
     gradient = [torch.zeros_like(d) for d in search.delta]
+    wanted = curvature
     curvature = [torch.zeros_like(d) for d in search.delta]
     for _ in range(batches):
         clean = bank.sample(batch, generator)
@@ -83,16 +92,21 @@ def gradient_rankings(search, bank, embedding, scheduler, batches: int, batch: i
         prediction = search(
             scheduler.add_noise(clean, noise, timesteps), timesteps, embedding.expand(batch, -1, -1)
         )
-        loss = ((prediction - training_target(scheduler, clean, noise, timesteps)) ** 2).mean()
+        residual = prediction - training_target(scheduler, clean, noise, timesteps)
+        loss = ((residual if metric is None else metric(residual)) ** 2).mean()
         for total, part in zip(
-            gradient, torch.autograd.grad(loss, list(search.delta), retain_graph=True), strict=True
+            gradient, torch.autograd.grad(loss, list(search.delta), retain_graph=wanted), strict=True
         ):
             total += part
         probe = (prediction * torch.randn(prediction.shape, generator=generator)).sum()
+        if not wanted:
+            continue
         for total, part in zip(curvature, torch.autograd.grad(probe, list(search.delta)), strict=True):
             total += part**2 * (2 / prediction.numel())
     keys = search.keys
     first = {k: (-g / batches).reshape(-1).numpy() for k, g in zip(keys, gradient, strict=True)}
+    if not wanted:
+        return first, None
     second = {
         k: first[k] - 0.5 * (h / batches).reshape(-1).numpy() for k, h in zip(keys, curvature, strict=True)
     }

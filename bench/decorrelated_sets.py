@@ -1,0 +1,197 @@
+"""Does the instance loss, posed where random sets' changes are white, rank sets that draw and spare the rest?
+
+    OMP_NUM_THREADS=1 python bench/decorrelated_sets.py --model v2 --subject vnt --split dev \
+        --gradient-seed 100 --json docs/decorrelated-sets-vnt-dev.json        # about 20 min on one core
+
+*Hypothesis* (docs/method-notes.md, Finding 14). The instance loss's own,
+Euclidean metric on the prediction is ruled by the few output directions in
+which any K/V change moves the prediction most. The first-order ranking
+(``−∂L/∂δ`` at δ = 0, bench/shut_sets.py) therefore rewards the entries with
+the largest effect along those directions, and those are the entries that
+move every prompt (Finding 8: its 33 best entries cost 14 × a random set's
+prior). In the metric ``C^(-1/2)``, C the covariance of the changes that
+random 1 % sets make to the base model's predictions (estimated on the base
+model alone: no teacher and no subject knowledge beyond the loss's own noisy
+inputs), every such direction weighs the same; in the planted bench this
+metric doubled what a solver recovers (docs/planted-gauss-newton.md, (g)).
+Ranked in it, the entries would be those whose change fits the subject's
+images specifically, and the sets would draw the subject with less damage.
+
+*Controls*, all on the same gradient draws: the Euclidean first-order
+ranking, and random sets, each at every size of ``--sizes`` — a curve, so a
+metric that merely prefers entries of smaller effect shows up as a move along
+the Euclidean curve (less fidelity, less damage), not above it.
+
+*The one setting*: C's eigenvalues span many orders, and the residual of the
+instance loss holds the noise it cannot fit in every direction, so the
+floor under C's eigenvalues (relative to the largest) decides how much the
+weakest directions are amplified. ``--floors`` lists the floors to run;
+choose on DEV, confirm on TEST.
+
+Per set: the protocol's measures (trainer/world/protocol.py), the held-out
+subject loss (fixed draws, per timestep quarter), its share of value
+entries, and its overlap with the Euclidean set of the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from oracle import kv_keys, world_bench  # noqa: E402
+from planted_gauss_newton import inverse_root  # noqa: E402
+from preserving_sets import random_set  # noqa: E402
+from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
+
+import conesrt  # noqa: E402
+from trainer import world  # noqa: E402
+from trainer.base_model import load_base_model  # noqa: E402
+from trainer.config import image_files  # noqa: E402
+from trainer.data import encode_images, encode_prompt  # noqa: E402
+from trainer.world import protocol  # noqa: E402
+from trainer.xi import ConceptNeuronSearch, largest  # noqa: E402
+
+
+@torch.no_grad()
+def change_covariance(
+    search, bank, embedding, scheduler, sets: int = 32, fraction: float = 0.01, batches: int = 16, seed=12345
+) -> torch.Tensor:
+    """E ΔεΔεᵀ over ``sets`` random sets of ``fraction`` of the searched entries shut × 8 · ``batches`` draws.
+
+    Δε is the change of the base model's prediction (one sample's channels × positions as one vector)
+    when the set is shut, exactly (no linearisation), on draws of the instance loss's own inputs: the
+    subject's noisy latents and the instance prompt. Nothing here sees a target.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for _ in range(batches):
+        clean = bank.sample(8, generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (8,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        draws.append((noisy, timesteps, search.reference(noisy, timesteps, embedding.expand(8, -1, -1))))
+    total, count = None, 0
+    for _ in range(sets):
+        for delta in search.delta:
+            delta.copy_((torch.rand(delta.shape, generator=generator) < fraction).float())
+        for noisy, timesteps, base in draws:
+            change = (search(noisy, timesteps, embedding.expand(8, -1, -1)) - base).flatten(1).double()
+            total = change.T @ change if total is None else total + change.T @ change
+            count += len(change)
+    for delta in search.delta:
+        delta.zero_()
+    return total / count
+
+
+def whitening(covariance: torch.Tensor, floor: float):
+    """The map r ↦ C^(-1/2) r on predictions (eigenvalues below ``floor`` × the largest raised to it)."""
+    transform = inverse_root(covariance, floor)[0].float()
+
+    def white(residual: torch.Tensor) -> torch.Tensor:
+        return (residual.flatten(1) @ transform.T).view(residual.shape)
+
+    return white
+
+
+def spectrum(covariance: torch.Tensor) -> dict:
+    values = torch.linalg.eigvalsh(covariance)
+    share = values.flip(0).cumsum(0) / values.sum()
+    return {
+        "dimensions": int(values.numel()),
+        "eigenvalues, largest / median / smallest": [
+            float(values[-1]),
+            float(values.median()),
+            float(values[0]),
+        ],
+        "directions holding 90 / 99 % of the change": [int((share < q).sum()) + 1 for q in (0.9, 0.99)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subject", default="vnt")
+    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument("--sizes", default="133,266,532")
+    parser.add_argument("--floors", default="1e-6,1e-4,1e-2", help="floors under C's eigenvalues, × largest")
+    parser.add_argument("--gradient-seed", type=int, default=100)
+    parser.add_argument("--gradient-batches", type=int, default=150, help="batches of 8 draws per ranking")
+    args, split, pipe = world_bench(parser)
+    started = time.perf_counter()
+    base = load_base_model(args.model, torch.device("cpu"), torch.float32)
+    scheduler = base.noise_scheduler
+    subject = world.subject(args.subject)
+    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
+    embedding = encode_prompt(base, subject.prompt)
+    keys = kv_keys(pipe.unet)
+    weights = {key: pipe.unet.state_dict()[key] for key in keys}
+    search = ConceptNeuronSearch(pipe.unet, keys)
+    covariance = change_covariance(search, bank, embedding, scheduler)
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "covariance": spectrum(covariance)}
+    print(json.dumps(report["covariance"]), flush=True)
+    draws = (bank, embedding, scheduler, args.gradient_batches, 8, args.gradient_seed)
+    rankings = {"first order": gradient_rankings(search, *draws, curvature=False)[0]}
+    for floor in (float(f) for f in args.floors.split(",")):
+        metric = whitening(covariance, floor)
+        rankings[f"decorrelated, floor {floor:g}"] = gradient_rankings(
+            search, *draws, metric, curvature=False
+        )[0]
+        print(f"  ranked: floor {floor:g} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    del search
+    measure = protocol.Judged(pipe, split)
+    rows = report["rows"] = []
+
+    def score(name: str, size: int, chosen: dict[str, np.ndarray] | None, reference=None) -> None:
+        row = {"set": name, "k": size}
+        if chosen is None:
+            row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
+        else:
+            row["to_v"] = sum(len(v) for key, v in chosen.items() if key.split(".")[-2] == "to_v") / size
+            if reference is not None:
+                row["overlap with first order"] = (
+                    sum(len(np.intersect1d(chosen[key], reference[key])) for key in keys) / size
+                )
+            with conesrt.apply(pipe, container(pipe.unet, keys, chosen)):
+                row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "prior_per_prompt"}), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+
+    score("base model", 0, None)
+    rng = np.random.default_rng(0)
+    for size in (int(s) for s in args.sizes.split(",")):
+        first = largest(rankings["first order"], size)
+        for name, ranking in rankings.items():
+            score(name, size, first if name == "first order" else largest(ranking, size), first)
+        score("random", size, random_set(weights, size, rng))
+    minutes = (time.perf_counter() - started) / 60
+    print(
+        f"\n# Decorrelated rankings for {args.subject}, {split.name} split, gradient seed "
+        f"{args.gradient_seed} — {date.today()} — {platform.machine()} CPU, {minutes:.0f} min\n"
+    )
+    print(
+        "| set | k | value share | overlap with first order | subject loss | fidelity | context | prior kept "
+        "| prior attributes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        cells = " | ".join(f"{row[k]:.3f}" for k in ("fidelity", "alignment", "prior", "prior_attributes"))
+        extra = " | ".join(f"{row[k]:.2f}" if k in row else "—" for k in ("to_v", "overlap with first order"))
+        print(f"| {row['set']} | {row['k'] or '—'} | {extra} | {np.mean(row['loss']):.4f} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
