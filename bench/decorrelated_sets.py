@@ -28,6 +28,11 @@ floor under C's eigenvalues (relative to the largest) decides how much the
 weakest directions are amplified. ``--floors`` lists the floors to run;
 choose on DEV, confirm on TEST.
 
+``--controls`` adds two sets per size that ask whether the damage depends on the
+ranking at all (both rankings choose value entries only): k random entries among
+the value weights, and the k value entries of largest effect on the instance
+prompt, ``|θ_ij| · ||x_j||`` over its tokens (no gradient, no images).
+
 Per set: the protocol's measures (trainer/world/protocol.py), the held-out
 subject loss (fixed draws, per timestep quarter), its share of value
 entries, and its overlap with the Euclidean set of the same size.
@@ -51,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import kv_keys, world_bench  # noqa: E402
+from oracle import kv_keys, text_features, world_bench  # noqa: E402
 from planted_gauss_newton import inverse_root  # noqa: E402
 from preserving_sets import random_set  # noqa: E402
 from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
@@ -106,6 +111,12 @@ def whitening(covariance: torch.Tensor, floor: float):
     return white
 
 
+def effect_sizes(weights: dict[str, torch.Tensor], tokens: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per entry, the norm of the change shutting it alone makes to one prompt's keys or values."""
+    norms = tokens.double().norm(dim=0)  # per input channel, over the prompt's tokens
+    return {key: (w.detach().double().abs() * norms).reshape(-1).numpy() for key, w in weights.items()}
+
+
 def spectrum(covariance: torch.Tensor) -> dict:
     values = torch.linalg.eigvalsh(covariance)
     share = values.flip(0).cumsum(0) / values.sum()
@@ -127,6 +138,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="133,266,532")
     parser.add_argument("--floors", default="1e-6,1e-4,1e-2", help="floors under C's eigenvalues, × largest")
     parser.add_argument("--gradient-seed", type=int, default=100)
+    parser.add_argument("--controls", action="store_true", help="random and largest-effect value sets")
     parser.add_argument("--gradient-batches", type=int, default=150, help="batches of 8 draws per ranking")
     args, split, pipe = world_bench(parser)
     started = time.perf_counter()
@@ -143,13 +155,15 @@ def main() -> None:
     print(json.dumps(report["covariance"]), flush=True)
     draws = (bank, embedding, scheduler, args.gradient_batches, 8, args.gradient_seed)
     rankings = {"first order": gradient_rankings(search, *draws, curvature=False)[0]}
-    for floor in (float(f) for f in args.floors.split(",")):
+    for floor in (float(f) for f in args.floors.split(",") if f):
         metric = whitening(covariance, floor)
         rankings[f"decorrelated, floor {floor:g}"] = gradient_rankings(
             search, *draws, metric, curvature=False
         )[0]
         print(f"  ranked: floor {floor:g} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     del search
+    values = {key: w for key, w in weights.items() if key.split(".")[-2] == "to_v"}
+    effect = effect_sizes(values, text_features(pipe, [subject.prompt])[0])
     measure = protocol.Judged(pipe, split)
     rows = report["rows"] = []
 
@@ -171,12 +185,25 @@ def main() -> None:
             args.json.write_text(json.dumps(report, indent=1))
 
     score("base model", 0, None)
-    rng = np.random.default_rng(0)
+    rng, other = np.random.default_rng(0), np.random.default_rng(1)  # the random rows, the controls
     for size in (int(s) for s in args.sizes.split(",")):
         first = largest(rankings["first order"], size)
         for name, ranking in rankings.items():
             score(name, size, first if name == "first order" else largest(ranking, size), first)
         score("random", size, random_set(weights, size, rng))
+        if args.controls:
+            score(
+                "random values",
+                size,
+                {key: np.zeros(0, np.int64) for key in weights} | random_set(values, size, other),
+                first,
+            )
+            score(
+                "largest effect, values",
+                size,
+                {key: np.zeros(0, np.int64) for key in weights} | largest(effect, size),
+                first,
+            )
     minutes = (time.perf_counter() - started) / 60
     print(
         f"\n# Decorrelated rankings for {args.subject}, {split.name} split, gradient seed "
