@@ -35,7 +35,11 @@ prompt, ``|θ_ij| · ||x_j||`` over its tokens (no gradient, no images).
 
 Per set: the protocol's measures (trainer/world/protocol.py), the held-out
 subject loss (fixed draws, per timestep quarter), its share of value
-entries, and its overlap with the Euclidean set of the same size.
+entries, its overlap with the Euclidean set of the same size, and the
+relative change it makes to the keys and values (bench/preserving_sets.py's
+measure, root mean square over the searched tensors) of the instance
+prompt's tokens, of its rare token, and of 2,000 held-out world captions'
+tokens (the other prompts).
 """
 
 from __future__ import annotations
@@ -56,9 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from oracle import kv_keys, text_features, world_bench  # noqa: E402
+from oracle import RARE_POSITION, kv_keys, preserved_covariance, text_features, token_covariance, world_bench  # noqa: E402
 from planted_gauss_newton import inverse_root  # noqa: E402
-from preserving_sets import random_set  # noqa: E402
+from preserving_sets import random_set, relative_changes  # noqa: E402
 from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
@@ -163,7 +167,9 @@ def main() -> None:
         print(f"  ranked: floor {floor:g} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     del search
     values = {key: w for key, w in weights.items() if key.split(".")[-2] == "to_v"}
-    effect = effect_sizes(values, text_features(pipe, [subject.prompt])[0])
+    tokens = text_features(pipe, [subject.prompt])[0].detach()
+    effect = effect_sizes(values, tokens)
+    prompt_sigma, captions_sigma = token_covariance(tokens), preserved_covariance(pipe)
     measure = protocol.Judged(pipe, split)
     rows = report["rows"] = []
 
@@ -173,6 +179,10 @@ def main() -> None:
             row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
         else:
             row["to_v"] = sum(len(v) for key, v in chosen.items() if key.split(".")[-2] == "to_v") / size
+            row["prompt change"] = relative_changes(weights, chosen, prompt_sigma, tokens[RARE_POSITION])[0]
+            row["captions change"], row["rare change"] = relative_changes(
+                weights, chosen, captions_sigma, tokens[RARE_POSITION]
+            )
             if reference is not None:
                 row["overlap with first order"] = (
                     sum(len(np.intersect1d(chosen[key], reference[key])) for key in keys) / size
@@ -210,14 +220,18 @@ def main() -> None:
         f"{args.gradient_seed} — {date.today()} — {platform.machine()} CPU, {minutes:.0f} min\n"
     )
     print(
-        "| set | k | value share | overlap with first order | subject loss | fidelity | context | prior kept "
-        "| prior attributes |"
+        "| set | k | value share | overlap with first order | prompt / rare / captions K/V change "
+        "| subject loss | fidelity | context | prior kept | prior attributes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         cells = " | ".join(f"{row[k]:.3f}" for k in ("fidelity", "alignment", "prior", "prior_attributes"))
         extra = " | ".join(f"{row[k]:.2f}" if k in row else "—" for k in ("to_v", "overlap with first order"))
-        print(f"| {row['set']} | {row['k'] or '—'} | {extra} | {np.mean(row['loss']):.4f} | {cells} |")
+        change = " / ".join(
+            f"{row[k]:.3f}" if k in row else "—" for k in ("prompt change", "rare change", "captions change")
+        )
+        loss = np.mean(row["loss"])
+        print(f"| {row['set']} | {row['k'] or '—'} | {extra} | {change} | {loss:.4f} | {cells} |")
 
 
 if __name__ == "__main__":
