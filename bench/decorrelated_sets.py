@@ -1,7 +1,7 @@
 """Does the instance loss, posed where random sets' changes are white, rank sets that draw and spare the rest?
 
     OMP_NUM_THREADS=1 python bench/decorrelated_sets.py --model v2 --subject vnt --split dev \
-        --gradient-seed 100 --json docs/decorrelated-sets-vnt-dev.json        # about 20 min on one core
+        --gradient-seed 100 --controls --json docs/decorrelated-sets-vnt-dev-s100.json   # 13 min, one core
 
 *Hypothesis* (docs/method-notes.md, Finding 14). The instance loss's own,
 Euclidean metric on the prediction is ruled by the few output directions in
