@@ -61,15 +61,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import RARE_POSITION, kv_keys, preserved_covariance, text_features, token_covariance, world_bench  # noqa: E402
-from planted_gauss_newton import inverse_root  # noqa: E402
+from planted_gauss_newton import change_spectrum, whitening  # noqa: E402
 from preserving_sets import random_set, relative_changes  # noqa: E402
-from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
+from shut_sets import container, gradient_rankings, subject_inputs, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
-from trainer import world  # noqa: E402
-from trainer.base_model import load_base_model  # noqa: E402
-from trainer.config import image_files  # noqa: E402
-from trainer.data import encode_images, encode_prompt  # noqa: E402
 from trainer.world import protocol  # noqa: E402
 from trainer.xi import ConceptNeuronSearch, largest  # noqa: E402
 
@@ -105,34 +101,10 @@ def change_covariance(
     return total / count
 
 
-def whitening(covariance: torch.Tensor, floor: float):
-    """The map r ↦ C^(-1/2) r on predictions (eigenvalues below ``floor`` × the largest raised to it)."""
-    transform = inverse_root(covariance, floor)[0].float()
-
-    def white(residual: torch.Tensor) -> torch.Tensor:
-        return (residual.flatten(1) @ transform.T).view(residual.shape)
-
-    return white
-
-
 def effect_sizes(weights: dict[str, torch.Tensor], tokens: torch.Tensor) -> dict[str, np.ndarray]:
     """Per entry, the norm of the change shutting it alone makes to one prompt's keys or values."""
     norms = tokens.double().norm(dim=0)  # per input channel, over the prompt's tokens
     return {key: (w.detach().double().abs() * norms).reshape(-1).numpy() for key, w in weights.items()}
-
-
-def spectrum(covariance: torch.Tensor) -> dict:
-    values = torch.linalg.eigvalsh(covariance)
-    share = values.flip(0).cumsum(0) / values.sum()
-    return {
-        "dimensions": int(values.numel()),
-        "eigenvalues, largest / median / smallest": [
-            float(values[-1]),
-            float(values.median()),
-            float(values[0]),
-        ],
-        "directions holding 90 / 99 % of the change": [int((share < q).sum()) + 1 for q in (0.9, 0.99)],
-    }
 
 
 def main() -> None:
@@ -146,21 +118,20 @@ def main() -> None:
     parser.add_argument("--gradient-batches", type=int, default=150, help="batches of 8 draws per ranking")
     args, split, pipe = world_bench(parser)
     started = time.perf_counter()
-    base = load_base_model(args.model, torch.device("cpu"), torch.float32)
-    scheduler = base.noise_scheduler
-    subject = world.subject(args.subject)
-    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
-    embedding = encode_prompt(base, subject.prompt)
+    scheduler, subject, bank, embedding = subject_inputs(args.model, args.subject)
     keys = kv_keys(pipe.unet)
     weights = {key: pipe.unet.state_dict()[key] for key in keys}
     search = ConceptNeuronSearch(pipe.unet, keys)
     covariance = change_covariance(search, bank, embedding, scheduler)
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "covariance": spectrum(covariance)}
+    report = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "covariance": change_spectrum(torch.linalg.eigvalsh(covariance)),
+    }
     print(json.dumps(report["covariance"]), flush=True)
     draws = (bank, embedding, scheduler, args.gradient_batches, 8, args.gradient_seed)
     rankings = {"first order": gradient_rankings(search, *draws, curvature=False)[0]}
     for floor in (float(f) for f in args.floors.split(",") if f):
-        metric = whitening(covariance, floor)
+        metric = whitening(covariance, floor)[0]
         rankings[f"decorrelated, floor {floor:g}"] = gradient_rankings(
             search, *draws, metric, curvature=False
         )[0]
@@ -172,6 +143,10 @@ def main() -> None:
     prompt_sigma, captions_sigma = token_covariance(tokens), preserved_covariance(pipe)
     measure = protocol.Judged(pipe, split)
     rows = report["rows"] = []
+
+    def everywhere(chosen: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A set over some of the searched tensors, as one over all of them (none elsewhere)."""
+        return {key: np.zeros(0, np.int64) for key in weights} | chosen
 
     def score(name: str, size: int, chosen: dict[str, np.ndarray] | None, reference=None) -> None:
         row = {"set": name, "k": size}
@@ -205,13 +180,13 @@ def main() -> None:
             score(
                 "random values",
                 size,
-                {key: np.zeros(0, np.int64) for key in weights} | random_set(values, size, other),
+                everywhere(random_set(values, size, other)),
                 first,
             )
             score(
                 "largest effect, values",
                 size,
-                {key: np.zeros(0, np.int64) for key in weights} | largest(effect, size),
+                everywhere(largest(effect, size)),
                 first,
             )
     minutes = (time.perf_counter() - started) / 60

@@ -215,12 +215,28 @@ def decorrelating_map(operator: Linearised, sets: int = 32, fraction: float = 0.
         dw = [-t * m for t, m in zip(operator.thetas, shut, strict=True)]
         columns += [out.flatten(1).double() for out in operator.apply(dw)]
     changes = torch.cat(columns)
-    transform, values = inverse_root(changes.T @ changes / len(changes), floor=1e-6)
+    white, values = whitening(changes.T @ changes / len(changes), floor=1e-6)
+    return white, {"dimensions": int(values.numel()), "vectors": int(len(changes))} | change_spectrum(values)
+
+
+def whitening(covariance: torch.Tensor, floor: float):
+    """The map r ↦ C^(-1/2) r on a batch of outputs (each flattened to one vector), and C's eigenvalues
+    (ascending, those below ``floor`` times the largest raised to it)."""
+    transform, values = inverse_root(covariance, floor)
     transform = transform.float()
+
+    def white(out):
+        return (out.flatten(1) @ transform.T).view(out.shape)
+
+    return white, values
+
+
+def change_spectrum(values: torch.Tensor) -> dict:
+    """A summary of a covariance's eigenvalues (ascending): its size, range, and how few directions hold
+    90 / 99 % of it."""
     share = values.flip(0).cumsum(0) / values.sum()
-    spectrum = {
+    return {
         "dimensions": int(values.numel()),
-        "vectors": int(len(changes)),
         "eigenvalues, largest / median / smallest": [
             float(values[-1]),
             float(values.median()),
@@ -231,11 +247,6 @@ def decorrelating_map(operator: Linearised, sets: int = 32, fraction: float = 0.
             int((share < 0.99).sum()) + 1,
         ],
     }
-
-    def white(out):
-        return (out.flatten(1) @ transform.T).view(out.shape)
-
-    return white, spectrum
 
 
 def conjugate_gradients(operator: Linearised, rhs, precondition, iterations: int, log) -> list[torch.Tensor]:

@@ -64,13 +64,9 @@ from oracle import (  # noqa: E402
     token_covariance,
     world_bench,
 )
-from shut_sets import container, gradient_rankings, subject_loss  # noqa: E402
+from shut_sets import container, gradient_rankings, subject_inputs, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
-from trainer import world  # noqa: E402
-from trainer.base_model import load_base_model  # noqa: E402
-from trainer.config import image_files  # noqa: E402
-from trainer.data import encode_images, encode_prompt  # noqa: E402
 from trainer.world import protocol  # noqa: E402
 from trainer.xi import ConceptNeuronSearch, largest  # noqa: E402
 
@@ -209,11 +205,7 @@ def main() -> None:
     parser.add_argument("--gradient-seed", type=int, default=1)
     args, split, pipe = world_bench(parser)
     started = time.perf_counter()
-    base = load_base_model(args.model, torch.device("cpu"), torch.float32)
-    scheduler = base.noise_scheduler
-    subject = world.subject(args.subject)
-    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
-    embedding = encode_prompt(base, subject.prompt)
+    scheduler, subject, bank, embedding = subject_inputs(args.model, args.subject)
     keys = [key for key in kv_keys(pipe.unet) if key.split(".")[-2] in args.projections.split(",")]
     weights = {key: pipe.unet.state_dict()[key].detach().float().clone() for key in keys}
     search = ConceptNeuronSearch(pipe.unet, keys)

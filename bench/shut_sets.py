@@ -83,8 +83,7 @@ def gradient_rankings(
     """
     generator = torch.Generator().manual_seed(seed)
     gradient = [torch.zeros_like(d) for d in search.delta]
-    wanted = curvature
-    curvature = [torch.zeros_like(d) for d in search.delta]
+    diagonal = [torch.zeros_like(d) for d in search.delta]
     for _ in range(batches):
         clean = bank.sample(batch, generator)
         noise = torch.randn(clean.shape, generator=generator)
@@ -95,22 +94,31 @@ def gradient_rankings(
         residual = prediction - training_target(scheduler, clean, noise, timesteps)
         loss = ((residual if metric is None else metric(residual)) ** 2).mean()
         for total, part in zip(
-            gradient, torch.autograd.grad(loss, list(search.delta), retain_graph=wanted), strict=True
+            gradient, torch.autograd.grad(loss, list(search.delta), retain_graph=curvature), strict=True
         ):
             total += part
         probe = (prediction * torch.randn(prediction.shape, generator=generator)).sum()
-        if not wanted:
+        if not curvature:
             continue
-        for total, part in zip(curvature, torch.autograd.grad(probe, list(search.delta)), strict=True):
+        for total, part in zip(diagonal, torch.autograd.grad(probe, list(search.delta)), strict=True):
             total += part**2 * (2 / prediction.numel())
     keys = search.keys
     first = {k: (-g / batches).reshape(-1).numpy() for k, g in zip(keys, gradient, strict=True)}
-    if not wanted:
+    if not curvature:
         return first, None
     second = {
-        k: first[k] - 0.5 * (h / batches).reshape(-1).numpy() for k, h in zip(keys, curvature, strict=True)
+        k: first[k] - 0.5 * (h / batches).reshape(-1).numpy() for k, h in zip(keys, diagonal, strict=True)
     }
     return first, second
+
+
+def subject_inputs(model: Path, token: str):
+    """What the instance loss draws from: (the model's scheduler, the world subject, its image latents
+    at the world's 64 px with flips, its instance prompt's embedding)."""
+    base = load_base_model(model, torch.device("cpu"), torch.float32)
+    subject = world.subject(token)
+    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
+    return base.noise_scheduler, subject, bank, encode_prompt(base, subject.prompt)
 
 
 @torch.no_grad()
@@ -143,11 +151,7 @@ def main() -> None:
     started = time.perf_counter()
     split = protocol.DEV if args.split == "dev" else protocol.TEST
     pipe = world.load_pipeline()
-    base = load_base_model(world.MODEL_DIR, torch.device("cpu"), torch.float32)
-    scheduler = base.noise_scheduler
-    subject = world.subject(args.subject)
-    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
-    embedding = encode_prompt(base, subject.prompt)
+    scheduler, subject, bank, embedding = subject_inputs(world.MODEL_DIR, args.subject)
     keys = kv_keys(pipe.unet)
     search = ConceptNeuronSearch(pipe.unet, keys)
     first, curvature = gradient_rankings(search, bank, embedding, scheduler, 150, 8, seed=1)

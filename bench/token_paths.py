@@ -39,13 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import RARE_POSITION, kv_keys  # noqa: E402
-from shut_sets import container, subject_loss  # noqa: E402
+from shut_sets import container, subject_inputs, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
-from trainer.base_model import load_base_model  # noqa: E402
-from trainer.config import image_files  # noqa: E402
-from trainer.data import encode_images, encode_prompt  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
 from trainer.objective import training_target  # noqa: E402
 from trainer.world import protocol  # noqa: E402
@@ -121,11 +118,7 @@ def main() -> None:
     started = time.perf_counter()
     split = protocol.DEV if args.split == "dev" else protocol.TEST
     pipe = world.load_pipeline()
-    base = load_base_model(world.MODEL_DIR, torch.device("cpu"), torch.float32)
-    scheduler = base.noise_scheduler
-    subject = world.subject(args.subject)
-    bank = encode_images(base, image_files(subject.image_paths[0].parent), 64, True)
-    embedding = encode_prompt(base, subject.prompt)
+    scheduler, subject, bank, embedding = subject_inputs(world.MODEL_DIR, args.subject)
     groups = token_groups(len(pipe.tokenizer(subject.prompt).input_ids), embedding.shape[1])
     keys = kv_keys(pipe.unet)
     grads = gradients_by_path(
