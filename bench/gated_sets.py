@@ -31,6 +31,7 @@ subject loss (fixed draws, per timestep quarter, gated like the row).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -173,7 +174,7 @@ def gated_descent(pipe, keys, bank, embedding, scheduler, identifier, gate, step
             with torch.no_grad():
                 for amount in amounts.values():
                     amount.clamp_(0.0, 1.0)
-            losses.append(float(loss))
+            losses.append(loss.item())
     pipe.unet.requires_grad_(True)
     return {key: amount.detach() for key, amount in amounts.items()}, losses
 
@@ -189,10 +190,19 @@ def main() -> None:
     parser.add_argument("--descent-steps", type=int, default=0, help="gated projected Adam; 0: none")
     parser.add_argument("--descent-lr", type=float, default=0.02)
     parser.add_argument("--descent-gate", choices=GATES, default=GATES[1])
+    parser.add_argument("--descent-sizes", default="", help="top k of the descent's δ (default --sizes)")
+    parser.add_argument("--random-sizes", default="", help="random gated sets (default --sizes)")
+    parser.add_argument("--rankings", default=",".join(GATES), help="first-order gated rankings")
+    parser.add_argument("--ungated", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--projections", choices=("to_k,to_v", "to_v", "to_k"), default="to_k,to_v", help="searched, shut"
+    )
+    parser.add_argument("--save-deltas", type=Path, help="write the descent's δ here (torch.save)")
+    parser.add_argument("--prior-once", action="store_true", help="measure the prior on one gated row only")
     args, split, pipe = world_bench(parser)
     started = time.perf_counter()
     scheduler, subject, bank, embedding = subject_inputs(args.model, args.subject)
-    keys = kv_keys(pipe.unet)
+    keys = [key for key in kv_keys(pipe.unet) if key.split(".")[-2] in args.projections.split(",")]
     weights = {key: pipe.unet.state_dict()[key] for key in keys}
     groups = token_groups(len(pipe.tokenizer(subject.prompt).input_ids), embedding.shape[1])
     groups = {name: groups[name] for name in ("all tokens", *GATES)}
@@ -208,30 +218,30 @@ def main() -> None:
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
     rows = report["rows"]
 
-    def score(name: str, size: int, chosen, gate: str | None) -> None:
+    checked = not args.prior_once  # with --prior-once, only the first gated row measures the prior
+
+    def score(name: str, size: int, chosen, gate: str | None, amounts=None) -> None:
+        nonlocal checked
         row = {"set": name, "k": size, "gate": gate}
-        if chosen is None:
-            row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
+        prior = gate is None or not checked
+        checked = checked or gate is not None
+        if chosen is None and amounts is None:
+            prior, edit = not args.prior_once, None  # the base model keeps its own prior by definition
         elif gate is None:
-            with conesrt.apply(pipe, container(pipe.unet, keys, chosen)):
-                row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
+            edit = conesrt.apply(pipe, container(pipe.unet, keys, chosen))
         else:
-            with TokenGate(pipe, keys, chosen, subject.token, gate) as gated:
-                gated.declare(embedding, subject.prompt)
-                row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
+            edit = TokenGate(pipe, keys, chosen or {}, subject.token, gate, amounts=amounts)
+        if amounts is not None:
+            row["k"] = int(sum(int((a > 0).sum()) for a in amounts.values()))
+            row["shut share"] = float(sum(float(a.sum()) for a in amounts.values()) / row["k"])
+        with edit or contextlib.nullcontext():
+            if isinstance(edit, TokenGate):
+                edit.declare(embedding, subject.prompt)
+            row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject], prior)}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "prior_per_prompt"}), flush=True)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
-
-    def score_amounts(name: str, amounts, gate: str) -> None:
-        row = {"set": name, "k": int(sum(int((a > 0).sum()) for a in amounts.values())), "gate": gate}
-        row["shut share"] = float(sum(float(a.sum()) for a in amounts.values()) / row["k"])
-        with TokenGate(pipe, keys, {}, subject.token, gate, amounts=amounts) as gated:
-            gated.declare(embedding, subject.prompt)
-            row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject])}
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "prior_per_prompt"}), flush=True)
 
     score("base model", 0, None, None)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -257,17 +267,21 @@ def main() -> None:
             "entries at 1": int(sum(int((a >= 1).sum()) for a in amounts.values())),
         }
         print(json.dumps(report["descent"]), flush=True)
-        score_amounts("descent, relaxed δ", amounts, args.descent_gate)
+        if args.save_deltas:
+            torch.save(amounts, args.save_deltas)
         flat = {key: a.reshape(-1).numpy() for key, a in amounts.items()}
-        for size in sizes:
+        for size in [int(s) for s in (args.descent_sizes or args.sizes).split(",")]:
             score("descent, top k of δ", size, largest(flat, size), args.descent_gate)
+        score("descent, relaxed δ", 0, None, args.descent_gate, amounts=amounts)
     rng = np.random.default_rng(0)
     for size in sizes if args.first_order else ():
         everything = largest(rankings["all tokens"], size)
-        score("all tokens", size, everything, None)
-        score("all tokens", size, everything, GATES[1])
-        for gate in GATES:
+        if args.ungated:
+            score("all tokens", size, everything, None)
+            score("all tokens", size, everything, GATES[1])
+        for gate in args.rankings.split(","):
             score(gate, size, largest(rankings[gate], size), gate)
+    for size in [int(s) for s in (args.random_sizes or args.sizes).split(",")]:
         score("random", size, random_set(weights, size, rng), GATES[1])
     minutes = (time.perf_counter() - started) / 60
     print(
@@ -277,7 +291,10 @@ def main() -> None:
     print("| ranking | k | shut in | subject loss | fidelity | context | prior kept | prior attributes |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        cells = " | ".join(f"{row[k]:.3f}" for k in ("fidelity", "alignment", "prior", "prior_attributes"))
+        cells = " | ".join(
+            f"{row[k]:.3f}" if k in row else "—"
+            for k in ("fidelity", "alignment", "prior", "prior_attributes")
+        )
         where = "—" if not row["k"] else row["gate"] or "every token"
         print(f"| {row['set']} | {row['k'] or '—'} | {where} | {np.mean(row['loss']):.4f} | {cells} |")
 
