@@ -7,7 +7,8 @@
         --out docs/gated-grid-vnt.png
 
 Rows: each prompt, base model then gated set; columns: TEST's first four sampling seeds. Also prints
-what the judge sees of the context prompt's other object in each image (docs/gated-sets-context.md).
+the fidelity (all 16 TEST seeds) and what the judge sees of the context prompt's other object in each
+image (docs/gated-sets.md). ``--gate identifier`` applies the same set at the identifier alone.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def main() -> None:
         with TokenGate(pipe, list(deltas), chosen, subject.token, args.gate):
             gated = protocol.sample(pipe, prompt, seeds)
         rows += [(f"base: {prompt}", base[:4]), (f"gated: {prompt}", gated[:4])]
+        if prompt == subject.prompt:
+            seen["fidelity"] = {
+                name: float(subject_scores(images, subject).mean())
+                for name, images in (("base", base), ("gated", gated))
+            }
         if prompt == context:
             for name, images in (("base", base), ("gated", gated)):
                 counts = collections.Counter(
