@@ -63,7 +63,7 @@ import torch  # noqa: E402
 from oracle import RARE_POSITION, kv_keys, preserved_covariance, text_features, token_covariance, world_bench  # noqa: E402
 from planted_gauss_newton import change_spectrum, whitening  # noqa: E402
 from preserving_sets import random_set, relative_changes  # noqa: E402
-from shut_sets import container, gradient_rankings, subject_inputs, subject_loss  # noqa: E402
+from shut_sets import container, gradient_rankings, instance_draw, subject_inputs, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
 from trainer.world import protocol  # noqa: E402
@@ -83,10 +83,7 @@ def change_covariance(
     generator = torch.Generator().manual_seed(seed)
     draws = []
     for _ in range(batches):
-        clean = bank.sample(8, generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (8,), generator=generator)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
+        noisy, timesteps, _ = instance_draw(bank, scheduler, 8, generator)
         draws.append((noisy, timesteps, search.reference(noisy, timesteps, embedding.expand(8, -1, -1))))
     total, count = None, 0
     for _ in range(sets):

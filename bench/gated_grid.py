@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from gated_sets import GATES, TokenGate  # noqa: E402
+from gated_sets import GATES, TokenGate, indicator  # noqa: E402
 from oracle import kv_keys  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
@@ -48,14 +48,16 @@ def main() -> None:
     pipe = world.load_pipeline(args.model)
     subject = world.subject(args.subject)
     deltas = torch.load(args.deltas)
+    assert set(deltas) <= set(kv_keys(pipe.unet)), f"{args.deltas} is not over this model's K/V weights"
     chosen = largest({key: d.reshape(-1).numpy() for key, d in deltas.items()}, args.k)
+    amounts = indicator(pipe.unet.state_dict(), chosen)
     context, colour, other = protocol.TEST.context_prompt(subject)
     prompts = [subject.prompt, context, subject.class_prompt]
     seeds = protocol.TEST.sampling_seeds
     rows, seen = [], {}
     for prompt in prompts:
         base = protocol.sample(pipe, prompt, seeds)
-        with TokenGate(pipe, list(deltas), chosen, subject.token, args.gate):
+        with TokenGate(pipe, amounts, subject.token, args.gate):
             gated = protocol.sample(pipe, prompt, seeds)
         rows += [(f"base: {prompt}", base[:4]), (f"gated: {prompt}", gated[:4])]
         if prompt == subject.prompt:
@@ -82,7 +84,6 @@ def main() -> None:
             sheet.paste(image, (c * size, top + label))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
-    assert set(deltas) <= set(kv_keys(pipe.unet))
 
 
 if __name__ == "__main__":

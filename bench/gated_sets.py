@@ -49,19 +49,30 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import kv_keys, world_bench  # noqa: E402
 from preserving_sets import random_set  # noqa: E402
-from shut_sets import container, subject_inputs, subject_loss  # noqa: E402
+from shut_sets import container, instance_draw, subject_inputs, subject_loss  # noqa: E402
 from token_paths import gradients_by_path, token_groups  # noqa: E402
 
 import conesrt  # noqa: E402
-from trainer.objective import training_target  # noqa: E402
 from trainer.world import protocol  # noqa: E402
 from trainer.xi import largest  # noqa: E402
 
 GATES = ("identifier", "identifier + class word")
 
 
+def indicator(weights: dict[str, torch.Tensor], chosen: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A set of entries (flat indices per key) as δ = 1 on them, 0 elsewhere; keys without any left out."""
+    amounts = {}
+    for key, indices in chosen.items():
+        if len(indices):
+            mask = torch.zeros(weights[key].numel())
+            mask[torch.as_tensor(indices, dtype=torch.long)] = 1
+            amounts[key] = mask.view_as(weights[key])
+    return amounts
+
+
 class TokenGate:
-    """Within the context, the chosen K/V entries are shut for the gated tokens only.
+    """Within the context, ``amounts`` (δ per entry, one tensor per searched key) shut the K/V weights for
+    the gated tokens only: there the projection computes ``(θ − δ ⊙ θ) x``, elsewhere ``θ x``.
 
     Which positions are gated is read from the token ids the text encoder saw:
     the identifier's position (``"identifier"``), or it and the next one
@@ -70,28 +81,24 @@ class TokenGate:
     embedding computed elsewhere is declared with :meth:`declare`); a sample
     matching none, the unconditional one included, is not gated. Prompts
     without the identifier therefore run exactly the base model's arithmetic.
+    ``amounts`` may require grad (the search's relaxation, :func:`gated_descent`): the shut part
+    ``δ ⊙ θ`` is formed afresh at each UNet call that gates anything.
+
+    >>> with TokenGate(pipe, indicator(weights, chosen), "vnt", "identifier + class word"):
+    ...     images = protocol.sample(pipe, "a vnt ring and a blue heart", seeds)
     """
 
-    def __init__(self, pipe, keys, chosen: dict[str, np.ndarray], identifier: str, gate: str, amounts=None):
-        """``chosen``: flat indices per key, shut (δ = 1); or ``amounts``: δ per entry (a tensor per key,
-        differentiable: the search's relaxation), in which case ``chosen`` is ignored."""
+    def __init__(self, pipe, amounts: dict[str, torch.Tensor], identifier: str, gate: str):
         assert gate in GATES, gate
-        self.pipe, self.gate = pipe, gate
+        self.pipe, self.gate, self.amounts = pipe, gate, amounts
         ids = pipe.tokenizer(identifier, add_special_tokens=False).input_ids
         assert len(ids) == 1, f"{identifier!r} is {len(ids)} tokens"
         self.identifier = ids[0]
         weights = pipe.unet.state_dict()
-        self.shut = {}
-        for key in keys:
-            if amounts is not None:
-                self.shut[key] = weights[key] * amounts[key]
-                continue
-            mask = torch.zeros(weights[key].numel())
-            mask[torch.as_tensor(chosen.get(key, []), dtype=torch.long)] = 1
-            if mask.any():
-                self.shut[key] = weights[key] * mask.view_as(weights[key])
+        self.thetas = {key: weights[key] for key in amounts}
         self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.current: torch.Tensor | None = None
+        self.current: torch.Tensor | None = None  # (samples, positions) of the UNet call under way
+        self.shut: dict[str, torch.Tensor] = {}
         self.handles = []
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
@@ -122,6 +129,8 @@ class TokenGate:
                     break
             gates.append(found)
         self.current = torch.stack(gates) if any(g.any() for g in gates) else None
+        if self.current is not None:
+            self.shut = {key: self.thetas[key] * amount for key, amount in self.amounts.items()}
 
     def _layer(self, key):
         def hook(module, args, output):
@@ -139,43 +148,44 @@ class TokenGate:
             unet.register_forward_pre_hook(self._match, with_kwargs=True),
         ] + [
             unet.get_submodule(key.removesuffix(".weight")).register_forward_hook(self._layer(key))
-            for key in self.shut
+            for key in self.amounts
         ]
         return self
 
     def __exit__(self, *exc):
         for handle in self.handles:
             handle.remove()
-        self.handles, self.current = [], None
+        self.handles, self.current, self.shut = [], None, {}
 
 
 def gated_descent(pipe, keys, bank, embedding, scheduler, identifier, gate, steps, lr, seed, prompt):
     """Projected Adam on δ ∈ [0, 1] of every K/V entry, applied at the gated positions only, on the
-    instance loss alone (the other prompts see none of it, so no prior term). Returns δ per key."""
+    instance loss alone (the other prompts see none of it, so no prior term). Returns δ per key and
+    the loss per step."""
     weights = pipe.unet.state_dict()
     amounts = {key: torch.zeros_like(weights[key], requires_grad=True) for key in keys}
     optimiser = torch.optim.Adam(amounts.values(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
+    trainable = [p.requires_grad for p in pipe.unet.parameters()]
     pipe.unet.requires_grad_(False)
     losses = []
-    with TokenGate(pipe, keys, {}, identifier, gate, amounts=amounts) as gated:
-        gated.declare(embedding, prompt)
-        for _ in range(steps):
-            gated.shut = {key: weights[key] * amount for key, amount in amounts.items()}
-            clean = bank.sample(8, generator)
-            noise = torch.randn(clean.shape, generator=generator)
-            timesteps = torch.randint(scheduler.config.num_train_timesteps, (8,), generator=generator)
-            noisy = scheduler.add_noise(clean, noise, timesteps)
-            prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embedding.expand(8, -1, -1)).sample
-            loss = ((prediction - training_target(scheduler, clean, noise, timesteps)) ** 2).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            with torch.no_grad():
-                for amount in amounts.values():
-                    amount.clamp_(0.0, 1.0)
-            losses.append(loss.item())
-    pipe.unet.requires_grad_(True)
+    try:
+        with TokenGate(pipe, amounts, identifier, gate) as gated:
+            gated.declare(embedding, prompt)
+            for _ in range(steps):
+                noisy, timesteps, target = instance_draw(bank, scheduler, 8, generator)
+                prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embedding.expand(8, -1, -1))
+                loss = ((prediction.sample - target) ** 2).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                with torch.no_grad():
+                    for amount in amounts.values():
+                        amount.clamp_(0.0, 1.0)
+                losses.append(loss.item())
+    finally:
+        for parameter, flag in zip(pipe.unet.parameters(), trainable, strict=True):
+            parameter.requires_grad_(flag)
     return {key: amount.detach() for key, amount in amounts.items()}, losses
 
 
@@ -218,25 +228,25 @@ def main() -> None:
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
     rows = report["rows"]
 
-    checked = not args.prior_once  # with --prior-once, only the first gated row measures the prior
-
     def score(name: str, size: int, chosen, gate: str | None, amounts=None) -> None:
-        nonlocal checked
+        """One row: ``chosen`` (flat indices per key) shut everywhere (``gate`` None) or gated, or the
+        ``amounts`` δ gated; neither is the base model. With --prior-once only the first gated row
+        measures the prior (identical to the base model's by construction: the gate's check)."""
         row = {"set": name, "k": size, "gate": gate}
-        prior = gate is None or not checked
-        checked = checked or gate is not None
         if chosen is None and amounts is None:
-            prior, edit = not args.prior_once, None  # the base model keeps its own prior by definition
+            edit, prior = contextlib.nullcontext(), not args.prior_once
         elif gate is None:
-            edit = conesrt.apply(pipe, container(pipe.unet, keys, chosen))
+            edit, prior = conesrt.apply(pipe, container(pipe.unet, keys, chosen)), True
         else:
-            edit = TokenGate(pipe, keys, chosen or {}, subject.token, gate, amounts=amounts)
-        if amounts is not None:
-            row["k"] = int(sum(int((a > 0).sum()) for a in amounts.values()))
-            row["shut share"] = float(sum(float(a.sum()) for a in amounts.values()) / row["k"])
-        with edit or contextlib.nullcontext():
-            if isinstance(edit, TokenGate):
-                edit.declare(embedding, subject.prompt)
+            if amounts is None:
+                amounts = indicator(weights, chosen)
+            else:
+                row["k"] = int(sum(int((a > 0).sum()) for a in amounts.values()))
+                row["shut share"] = float(sum(float(a.sum()) for a in amounts.values()) / row["k"])
+            edit = TokenGate(pipe, amounts, subject.token, gate)
+            edit.declare(embedding, subject.prompt)
+            prior = not args.prior_once or not any(r["gate"] for r in rows)
+        with edit:
             row |= {"loss": subject_loss(pipe.unet, bank, embedding, scheduler), **measure([subject], prior)}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "prior_per_prompt"}), flush=True)

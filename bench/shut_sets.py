@@ -85,13 +85,9 @@ def gradient_rankings(
     gradient = [torch.zeros_like(d) for d in search.delta]
     diagonal = [torch.zeros_like(d) for d in search.delta]
     for _ in range(batches):
-        clean = bank.sample(batch, generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        prediction = search(
-            scheduler.add_noise(clean, noise, timesteps), timesteps, embedding.expand(batch, -1, -1)
-        )
-        residual = prediction - training_target(scheduler, clean, noise, timesteps)
+        noisy, timesteps, target = instance_draw(bank, scheduler, batch, generator)
+        prediction = search(noisy, timesteps, embedding.expand(batch, -1, -1))
+        residual = prediction - target
         loss = ((residual if metric is None else metric(residual)) ** 2).mean()
         for total, part in zip(
             gradient, torch.autograd.grad(loss, list(search.delta), retain_graph=curvature), strict=True
@@ -112,6 +108,16 @@ def gradient_rankings(
     return first, second
 
 
+def instance_draw(bank, scheduler, batch: int, generator, timesteps: tuple[int, int] | None = None):
+    """One draw of the instance loss's inputs: (noisy latents, timesteps, target). Drawn in the order
+    clean, noise, timesteps from ``generator``; ``timesteps`` limits them to [low, high)."""
+    clean = bank.sample(batch, generator)
+    noise = torch.randn(clean.shape, generator=generator)
+    low, high = timesteps or (0, scheduler.config.num_train_timesteps)
+    steps = torch.randint(low, high, (batch,), generator=generator)
+    return scheduler.add_noise(clean, noise, steps), steps, training_target(scheduler, clean, noise, steps)
+
+
 def subject_inputs(model: Path, token: str):
     """What the instance loss draws from: (the model's scheduler, the world subject, its image latents
     at the world's 64 px with flips, its instance prompt's embedding)."""
@@ -129,12 +135,9 @@ def subject_loss(unet, bank, embedding, scheduler) -> list[float]:
         generator = torch.Generator().manual_seed(7)
         total = 0.0
         for _ in range(16):
-            clean = bank.sample(8, generator)
-            noise = torch.randn(clean.shape, generator=generator)
-            timesteps = torch.randint(low, low + 250, (8,), generator=generator)
-            noisy = scheduler.add_noise(clean, noise, timesteps)
+            noisy, timesteps, target = instance_draw(bank, scheduler, 8, generator, (low, low + 250))
             prediction = unet(noisy, timesteps, encoder_hidden_states=embedding.expand(8, -1, -1)).sample
-            total += float(((prediction - training_target(scheduler, clean, noise, timesteps)) ** 2).mean())
+            total += float(((prediction - target) ** 2).mean())
         quarters.append(total / 16)
     return quarters
 

@@ -39,12 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import RARE_POSITION, kv_keys  # noqa: E402
-from shut_sets import container, subject_inputs, subject_loss  # noqa: E402
+from shut_sets import container, instance_draw, subject_inputs, subject_loss  # noqa: E402
 
 import conesrt  # noqa: E402
 from trainer import world  # noqa: E402
 from trainer.evaluate import random_like  # noqa: E402
-from trainer.objective import training_target  # noqa: E402
 from trainer.world import protocol  # noqa: E402
 from trainer.xi import largest  # noqa: E402
 
@@ -78,12 +77,9 @@ def gradients_by_path(unet, keys, groups, bank, embedding, scheduler, batches: i
     generator = torch.Generator().manual_seed(seed)
     try:
         for _ in range(batches):
-            clean = bank.sample(batch, generator)
-            noise = torch.randn(clean.shape, generator=generator)
-            timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=generator)
-            noisy = scheduler.add_noise(clean, noise, timesteps)
+            noisy, timesteps, target = instance_draw(bank, scheduler, batch, generator)
             prediction = unet(noisy, timesteps, encoder_hidden_states=embedding.expand(batch, -1, -1)).sample
-            loss = ((prediction - training_target(scheduler, clean, noise, timesteps)) ** 2).mean()
+            loss = ((prediction - target) ** 2).mean()
             loss.backward()
             for key in keys:
                 features, output = captured[key]
